@@ -1,0 +1,1 @@
+"""metaserve: meta-trained initializations (MAML family) adapted and served over HTTP."""

@@ -1,0 +1,1 @@
+"""Task families: samplers that turn a seeded generator into a ``TaskBatch``."""

@@ -1,0 +1,101 @@
+"""Shared fixtures: small nets, seeded task batches, and a plain autograd reference for MAML."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from app.meta import Learner, TaskBatch, build_net
+from app.meta.tasks.noise_images import noise_image_tasks
+from app.meta.tasks.sinusoid import sinusoid_tasks
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def reference_module(learner: Learner) -> nn.Module:
+    """The same architecture from stock torch layers (native batch norm), for an independent reference."""
+    config = learner.net.config
+    if config["name"] == "mlp":
+        sizes = config["sizes"]
+        layers: list[nn.Module] = []
+        for a, b in itertools.pairwise(sizes[:-1]):
+            layers += [nn.Linear(a, b), nn.ReLU()]
+        return nn.Sequential(*layers, nn.Linear(sizes[-2], sizes[-1]))
+    layers, fan_in = [], config["channels"]
+    for _ in range(4):
+        layers += [
+            nn.Conv2d(fan_in, config["hidden"], 3, padding=1),
+            nn.BatchNorm2d(config["hidden"], track_running_stats=False),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        ]
+        fan_in = config["hidden"]
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(config["hidden"], config["ways"]))
+
+
+def reference_meta_gradient(
+    learner: Learner, params: dict[str, Tensor], batch: TaskBatch, steps: int, lr: float, first_order: bool
+) -> list[Tensor]:
+    """MAML's meta-gradient by a plain Python loop over tasks with torch.autograd.grad (the anchors' form)."""
+    module = reference_module(learner).to(next(iter(params.values())).dtype)
+    theta = list(params.values())
+    names = list(module.state_dict())
+    loss_fn = F.mse_loss if learner.loss == "mse" else F.cross_entropy
+
+    def loss(weights: list[Tensor], x: Tensor, y: Tensor) -> Tensor:
+        return loss_fn(functional_call(module, dict(zip(names, weights, strict=True)), (x,)), y)
+
+    total = torch.zeros(())
+    for sx, sy, qx, qy in (batch.task(t) for t in range(batch.tasks)):
+        weights = theta
+        for _ in range(steps):
+            grads = torch.autograd.grad(loss(weights, sx, sy), weights, create_graph=not first_order)
+            weights = [w - lr * g for w, g in zip(weights, grads, strict=True)]
+        total = total + loss(weights, qx, qy)
+    return list(torch.autograd.grad(total / batch.tasks, theta))
+
+
+def relative_error(found: list[Tensor], expected: list[Tensor]) -> float:
+    a = torch.cat([t.detach().flatten() for t in found])
+    b = torch.cat([t.detach().flatten() for t in expected])
+    return float((a - b).norm() / b.norm())
+
+
+def leaf_params(learner: Learner, dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
+    return {k: v.detach().to(dtype).requires_grad_() for k, v in learner.net.named_parameters()}
+
+
+@pytest.fixture
+def generator() -> torch.Generator:
+    return torch.Generator().manual_seed(0)
+
+
+@pytest.fixture
+def sinusoid_learner() -> Learner:
+    torch.manual_seed(0)
+    return Learner(build_net({"name": "mlp"}), "mse")
+
+
+@pytest.fixture
+def conv4_learner() -> Learner:
+    torch.manual_seed(0)
+    return Learner(build_net({"name": "conv4", "ways": 5, "hidden": 16}), "cross_entropy")
+
+
+@pytest.fixture
+def sinusoid_batch(generator: torch.Generator) -> TaskBatch:
+    return sinusoid_tasks(generator, tasks=6)
+
+
+@pytest.fixture
+def image_batch(generator: torch.Generator) -> TaskBatch:
+    return noise_image_tasks(generator, tasks=3, ways=5, shots=2, queries=3)
+
+
+def as_dtype(batch: TaskBatch, dtype: torch.dtype) -> TaskBatch:
+    return TaskBatch(*(t.to(dtype) if t.is_floating_point() else t for t in batch.tensors()))

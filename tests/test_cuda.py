@@ -1,0 +1,45 @@
+"""On a GPU the engine batches every net (convolutions included) and stays exact; skipped without CUDA."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from app.meta import ALGORITHMS, InnerLoop, Learner, TaskBatch, adapt, build_algorithm, vectorizes
+from tests.conftest import leaf_params, reference_meta_gradient, relative_error, requires_cuda
+
+pytestmark = [requires_cuda, pytest.mark.cuda]
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_gpu_batched_meta_gradients_match_cpu_loop(
+    name: str, conv4_learner: Learner, image_batch: TaskBatch
+) -> None:
+    algorithm = build_algorithm(name, InnerLoop(2, 0.1))
+    cpu = {k: v.requires_grad_() for k, v in algorithm.init(leaf_params(conv4_learner)).items()}
+    gpu = {k: v.detach().cuda().requires_grad_() for k, v in cpu.items()}
+    assert vectorizes(conv4_learner.net, torch.device("cuda"))
+    on_gpu, _ = algorithm.meta_gradients(conv4_learner, gpu, image_batch.to("cuda"))
+    on_cpu, _ = algorithm.meta_gradients(conv4_learner, cpu, image_batch, "loop")
+    assert relative_error([g.cpu() for g in on_gpu.values()], list(on_cpu.values())) < 1e-4
+
+
+def test_gpu_second_order_conv4_matches_autograd_loop_in_float64(
+    conv4_learner: Learner, image_batch: TaskBatch
+) -> None:
+    params = leaf_params(conv4_learner, torch.float64)
+    batch = TaskBatch(*(t.double() if t.is_floating_point() else t for t in image_batch.tensors()))
+    gpu = {k: v.detach().cuda().requires_grad_() for k, v in params.items()}
+    maml = build_algorithm("maml", InnerLoop(1, 0.4))
+    found, _ = maml.meta_gradients(conv4_learner, gpu, batch.to("cuda"))
+    expected = reference_meta_gradient(conv4_learner, params, batch, 1, 0.4, first_order=False)
+    assert relative_error([g.cpu() for g in found.values()], expected) < 1e-10
+
+
+def test_gpu_compiled_adaptation_matches_eager(sinusoid_learner: Learner, sinusoid_batch: TaskBatch) -> None:
+    learner = sinusoid_learner
+    params = {k: v.detach() for k, v in learner.net.named_parameters()}
+    x, y, _, _ = sinusoid_batch.to("cuda").task(0)
+    eager = adapt(learner, params, x, y, InnerLoop(5, 0.01))
+    compiled = adapt(learner, params, x, y, InnerLoop(5, 0.01), compiled=True)
+    assert all(torch.allclose(eager[k], compiled[k], rtol=1e-4, atol=1e-5) for k in params)
