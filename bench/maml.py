@@ -248,7 +248,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [f"## {key}", ""]
         if key == "C":
             lines += [
-                "| implementation | median ms | p95 ms | ours / it (latency) | rel. err |",
+                "| implementation | median ms | p95 ms | metaserve latency ÷ this | rel. err |",
                 "|---|---|---|---|---|",
             ]
             ours = result["impls"].get("metaserve", {}).get("median_ms")
@@ -260,7 +260,7 @@ def markdown(report: dict[str, Any]) -> str:
         else:
             gflops = result.get("gflops", {})
             lines += [
-                "| implementation | meta-it/s | min ms/it | ours / it (speed) | GFLOP/s | rel. err |",
+                "| implementation | meta-it/s | min ms/it | metaserve speed ÷ this | GFLOP/s | rel. err |",
                 "|---|---|---|---|---|---|",
             ]
             ours = result["impls"].get("metaserve", {}).get("it_per_s")
