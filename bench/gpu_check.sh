@@ -11,6 +11,6 @@ fi
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"
 nvidia-smi -L | tee "$out/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$out/gpu.txt"
-timeout 240 python3 -m pytest -q -p no:cacheprovider tests 2>&1 | tail -25 | tee "$out/gpu-tests.log"
+timeout 240 python3 -m pytest -q -p no:cacheprovider tests 2>&1 | tail -60 | tee "$out/gpu-tests.log"
 timeout 300 python3 bench/maml.py --device cuda --anchors .gpu/bench_maml.py \
   --impls higher,torchopt,pytorch,torch.func,metaserve --out "$out/maml-cuda" 2>&1 | tail -80

@@ -168,6 +168,8 @@ def commit() -> str:
 def run(args: argparse.Namespace, anchors: ModuleType) -> dict[str, Any]:
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
+    # True float32 everywhere, so the agreement check measures the algorithms, not TF32 rounding.
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     names = [n for n in args.impls.split(",") if n not in anchors.UNAVAILABLE]
     info = anchors.machine_info(args.threads)
     info.update(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 
@@ -9,6 +11,15 @@ from app.meta import ALGORITHMS, InnerLoop, Learner, TaskBatch, adapt, build_alg
 from tests.conftest import leaf_params, reference_meta_gradient, relative_error, requires_cuda
 
 pytestmark = [requires_cuda, pytest.mark.cuda]
+
+
+@pytest.fixture(autouse=True)
+def full_float32() -> Iterator[None]:
+    """TF32 convolutions and matmuls (cuDNN's default) round to 10 mantissa bits: compare in true float32."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 @pytest.mark.parametrize("name", sorted(ALGORITHMS))
@@ -38,7 +49,7 @@ def test_gpu_second_order_conv4_matches_autograd_loop_in_float64(
 
 def test_gpu_compiled_adaptation_matches_eager(sinusoid_learner: Learner, sinusoid_batch: TaskBatch) -> None:
     learner = sinusoid_learner
-    params = {k: v.detach() for k, v in learner.net.named_parameters()}
+    params = {k: v.detach().cuda() for k, v in learner.net.named_parameters()}
     x, y, _, _ = sinusoid_batch.to("cuda").task(0)
     eager = adapt(learner, params, x, y, InnerLoop(5, 0.01))
     compiled = adapt(learner, params, x, y, InnerLoop(5, 0.01), compiled=True)
