@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU session's checks of the engine, written for the lent device machine (torch only, no service):
 # the whole test suite (CUDA tests included) and bench/maml.py on CUDA. Results go to $OUT (default
-# bench/results). Carry .whl (higher, torchopt, optree wheels) and .gpu/bench_maml.py (the anchors).
+# bench/results). Carry .whl (higher, torchopt, optree, graphviz wheels) and .gpu/bench_maml.py (the anchors).
 set -uo pipefail
 out="${OUT:-bench/results}"
 export PYTHONUNBUFFERED=1

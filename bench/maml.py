@@ -234,6 +234,11 @@ def run(args: argparse.Namespace, anchors: ModuleType) -> dict[str, Any]:
     return report
 
 
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table's lines."""
+    return [f"| {' | '.join(header)} |", "|" + "---|" * len(header), *(f"| {' | '.join(r)} |" for r in rows)]
+
+
 def markdown(report: dict[str, Any]) -> str:
     """Tables of every implementation, and our ratios against each anchor measured in the same run."""
     info = report["machine"]
@@ -246,35 +251,42 @@ def markdown(report: dict[str, Any]) -> str:
         "",
     ]
     for key, result in report["results"].items():
-        agreement = report["agreement"][key]
-        lines += [f"## {key}", ""]
+        agreement, impls = report["agreement"][key], result["impls"]
         if key == "C":
-            lines += [
-                "| implementation | median ms | p95 ms | metaserve latency ÷ this | rel. err |",
-                "|---|---|---|---|---|",
+            ours = impls.get("metaserve", {}).get("median_ms")
+            header = ["implementation", "median ms", "p95 ms", "metaserve latency ÷ this", "rel. err"]
+            rows = [
+                [
+                    n,
+                    f"{r['median_ms']:.3f}",
+                    f"{r['p95_ms']:.3f}",
+                    f"{ours / r['median_ms']:.2f}" if ours else "-",
+                    f"{agreement[n]:.1e}",
+                ]
+                for n, r in impls.items()
             ]
-            ours = result["impls"].get("metaserve", {}).get("median_ms")
-            for n, r in result["impls"].items():
-                ratio = f"{ours / r['median_ms']:.2f}" if ours else "-"
-                lines.append(
-                    f"| {n} | {r['median_ms']:.3f} | {r['p95_ms']:.3f} | {ratio} | {agreement[n]:.1e} |"
-                )
         else:
-            gflops = result.get("gflops", {})
-            lines += [
-                "| implementation | meta-it/s | min ms/it | metaserve speed ÷ this | GFLOP/s | rel. err |",
-                "|---|---|---|---|---|---|",
+            ours, gflops = impls.get("metaserve", {}).get("it_per_s"), result.get("gflops", {})
+            header = [
+                "implementation",
+                "meta-it/s",
+                "min ms/it",
+                "metaserve speed ÷ this",
+                "GFLOP/s",
+                "rel. err",
             ]
-            ours = result["impls"].get("metaserve", {}).get("it_per_s")
-            for n, r in result["impls"].items():
-                ratio = f"{ours / r['it_per_s']:.2f}x" if ours else "-"
-                rate = f"{gflops[n]:.0f}" if n in gflops else "-"
-                flag = " MISMATCH" if agreement[n] > 1e-4 else ""
-                lines.append(
-                    f"| {n} | {r['it_per_s']:.2f} | {1e3 * min(r['times_s']):.1f} | {ratio} | {rate} "
-                    f"| {agreement[n]:.1e}{flag} |"
-                )
-        lines.append("")
+            rows = [
+                [
+                    n,
+                    f"{r['it_per_s']:.2f}",
+                    f"{1e3 * min(r['times_s']):.1f}",
+                    f"{ours / r['it_per_s']:.2f}x" if ours else "-",
+                    f"{gflops[n]:.0f}" if n in gflops else "-",
+                    f"{agreement[n]:.1e}" + (" MISMATCH" if agreement[n] > 1e-4 else ""),
+                ]
+                for n, r in impls.items()
+            ]
+        lines += [f"## {key}", "", *table(header, rows), ""]
     return "\n".join(lines)
 
 

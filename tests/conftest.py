@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from app.meta import Learner, TaskBatch, build_net
+from app.meta import Algorithm, Learner, TaskBatch, build_net
 from app.meta.tasks.noise_images import noise_image_tasks
 from app.meta.tasks.sinusoid import sinusoid_tasks
 
@@ -68,6 +68,11 @@ def relative_error(found: list[Tensor], expected: list[Tensor]) -> float:
 
 def leaf_params(learner: Learner, dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
     return {k: v.detach().to(dtype).requires_grad_() for k, v in learner.net.named_parameters()}
+
+
+def meta_params(algorithm: Algorithm, learner: Learner) -> dict[str, Tensor]:
+    """The algorithm's meta-parameters for the learner's net, as leaves that take gradients."""
+    return {k: v.requires_grad_() for k, v in algorithm.init(leaf_params(learner)).items()}
 
 
 @pytest.fixture

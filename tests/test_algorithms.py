@@ -17,7 +17,7 @@ from app.meta import (
     inner_steps,
 )
 from app.meta.functional import lr_key
-from tests.conftest import leaf_params, relative_error
+from tests.conftest import leaf_params, meta_params, relative_error
 
 
 def plain_sgd(
@@ -99,7 +99,7 @@ def test_meta_sgd_learning_rates_receive_gradients(
     sinusoid_learner: Learner, sinusoid_batch: TaskBatch
 ) -> None:
     metasgd = build_algorithm("metasgd", InnerLoop(1, 0.01))
-    params = {k: v.requires_grad_() for k, v in metasgd.init(leaf_params(sinusoid_learner)).items()}
+    params = meta_params(metasgd, sinusoid_learner)
     rates = [k for k in params if k.startswith("inner_lr/")]
     assert sorted(rates) == sorted(lr_key(k) for k in sinusoid_learner.net.state_dict())
     assert all(torch.all(params[k] == 0.01) for k in rates)
@@ -122,7 +122,7 @@ def test_maml_plus_plus_per_step_rates_and_multi_step_loss(
     sinusoid_learner: Learner, sinusoid_batch: TaskBatch
 ) -> None:
     maml = MAML(InnerLoop(3, 0.01), learn_lr="per_step", step_loss_weights=(0.2, 0.3, 0.5))
-    params = {k: v.requires_grad_() for k, v in maml.init(leaf_params(sinusoid_learner)).items()}
+    params = meta_params(maml, sinusoid_learner)
     assert lr_key("head.weight", 2) in params and params[lr_key("head.weight", 2)].dim() == 0
     loss = maml.meta_loss(sinusoid_learner, params, sinusoid_batch)
     weights = dict(params)
@@ -147,7 +147,7 @@ def test_every_algorithm_gives_the_same_result_batched_and_task_by_task(
     name: str, conv4_learner: Learner, image_batch: TaskBatch
 ) -> None:
     algorithm = build_algorithm(name, InnerLoop(2, 0.1))
-    params = {k: v.requires_grad_() for k, v in algorithm.init(leaf_params(conv4_learner)).items()}
+    params = meta_params(algorithm, conv4_learner)
     batched, batched_loss = algorithm.meta_gradients(conv4_learner, params, image_batch, "batched")
     looped, looped_loss = algorithm.meta_gradients(conv4_learner, params, image_batch, "loop")
     assert relative_error(list(batched.values()), list(looped.values())) < 1e-5

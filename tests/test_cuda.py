@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from app.meta import ALGORITHMS, InnerLoop, Learner, TaskBatch, adapt, build_algorithm, vectorizes
-from tests.conftest import leaf_params, reference_meta_gradient, relative_error, requires_cuda
+from tests.conftest import leaf_params, meta_params, reference_meta_gradient, relative_error, requires_cuda
 
 pytestmark = [requires_cuda, pytest.mark.cuda]
 
@@ -27,7 +27,7 @@ def test_gpu_batched_meta_gradients_match_cpu_loop(
     name: str, conv4_learner: Learner, image_batch: TaskBatch
 ) -> None:
     algorithm = build_algorithm(name, InnerLoop(2, 0.1))
-    cpu = {k: v.requires_grad_() for k, v in algorithm.init(leaf_params(conv4_learner)).items()}
+    cpu = meta_params(algorithm, conv4_learner)
     gpu = {k: v.detach().cuda().requires_grad_() for k, v in cpu.items()}
     assert vectorizes(conv4_learner.net, torch.device("cuda"))
     on_gpu, _ = algorithm.meta_gradients(conv4_learner, gpu, image_batch.to("cuda"))
