@@ -48,9 +48,8 @@ def test_gpu_second_order_conv4_matches_autograd_loop_in_float64(
 
 
 def test_gpu_compiled_adaptation_matches_eager(sinusoid_learner: Learner, sinusoid_batch: TaskBatch) -> None:
-    learner = sinusoid_learner
-    params = {k: v.detach().cuda() for k, v in learner.net.named_parameters()}
+    params = {k: v.detach().cuda() for k, v in sinusoid_learner.net.named_parameters()}
     x, y, _, _ = sinusoid_batch.to("cuda").task(0)
-    eager = adapt(learner, params, x, y, InnerLoop(5, 0.01))
-    compiled = adapt(learner, params, x, y, InnerLoop(5, 0.01), compiled=True)
+    eager = adapt(sinusoid_learner, params, x, y, InnerLoop(5, 0.01))
+    compiled = adapt(sinusoid_learner, params, x, y, InnerLoop(5, 0.01), compiled=True)
     assert all(torch.allclose(eager[k], compiled[k], rtol=1e-4, atol=1e-5) for k in params)

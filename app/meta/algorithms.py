@@ -16,7 +16,16 @@ import torch
 from torch import Tensor, nn
 
 from app.meta.batch import TaskBatch
-from app.meta.functional import InnerLoop, Learner, MetaGrad, Params, adapt, inner_steps, lr_key, net_params
+from app.meta.functional import (
+    InnerLoop,
+    Learner,
+    MetaGrad,
+    Params,
+    final_params,
+    inner_steps,
+    lr_key,
+    net_params,
+)
 
 __all__ = ["ALGORITHMS", "MAML", "Algorithm", "Reptile", "build_algorithm", "vectorizes"]
 
@@ -192,7 +201,7 @@ class Reptile:
         self, learner: Learner, theta: Params, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor
     ) -> Params:
         """The adapted tensors of one task (or a task batch) and the query loss there."""
-        phi = adapt(learner, theta, sx, sy, self.inner)
+        phi = final_params(learner, theta, sx, sy, self.inner)
         return {
             "loss": learner.losses(phi, qx, qy),
             **{k: v for k, v in phi.items() if self.inner.adapted(k)},

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from app.meta.algorithms import over_tasks
+from app.meta.algorithms import check_batch, over_tasks
 from app.meta.batch import TaskBatch
-from app.meta.functional import InnerLoop, Learner, Params, adapt
+from app.meta.functional import InnerLoop, Learner, Params, final_params
 
 __all__ = ["Estimate", "evaluate"]
 
@@ -37,7 +37,7 @@ def evaluate(
     """Query loss, and accuracy for classification, after adapting each task with ``inner``."""
 
     def scores(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> dict[str, Tensor]:
-        adapted = adapt(learner, params, sx, sy, inner)
+        adapted = final_params(learner, params, sx, sy, inner)
         predictions = learner.predict(adapted, qx)
         found = {"loss": learner.losses(adapted, qx, qy)}
         if learner.loss == "cross_entropy":
@@ -47,6 +47,7 @@ def evaluate(
     per_task: dict[str, list[Tensor]] = {}
     with torch.no_grad():
         for batch in batches:
+            check_batch(learner, batch)
             for name, values in over_tasks(learner, batch, scores, "auto").items():
                 per_task.setdefault(name, []).append(values)
     return {name: Estimate.of(torch.cat(values)) for name, values in per_task.items()}

@@ -27,6 +27,7 @@ __all__ = [
     "MetaGrad",
     "Params",
     "adapt",
+    "final_params",
     "inner_steps",
     "lr_key",
     "net_params",
@@ -204,15 +205,16 @@ def adapt(
     """
     learner.check(x, y, "support")
     if not compiled:
-        return _final_params(learner, params, x, y, inner, meta_grad)
+        return final_params(learner, params, x, y, inner, meta_grad)
     if meta_grad != "none":
         raise ValueError("compiled adaptation takes no meta-gradient: pass meta_grad='none'")
     return _compiled_final_params()(learner, params, x, y, inner, meta_grad)
 
 
-def _final_params(
-    learner: Learner, params: Params, x: Tensor, y: Tensor, inner: InnerLoop, meta_grad: MetaGrad
+def final_params(
+    learner: Learner, params: Params, x: Tensor, y: Tensor, inner: InnerLoop, meta_grad: MetaGrad = "none"
 ) -> Params:
+    """The parameters after all inner steps, for examples the caller has already checked."""
     adapted = net_params(params)
     for adapted in inner_steps(learner, params, x, y, inner, meta_grad):  # noqa: B007
         pass
@@ -221,4 +223,4 @@ def _final_params(
 
 @functools.cache
 def _compiled_final_params() -> Callable[..., Params]:
-    return torch.compile(_final_params)
+    return torch.compile(final_params)
