@@ -17,7 +17,7 @@ from app.meta import (
     inner_steps,
 )
 from app.meta.functional import lr_key
-from tests.conftest import leaf_params, meta_params, relative_error
+from tests.conftest import as_dtype, leaf_params, meta_params, relative_error
 
 
 def plain_sgd(
@@ -93,6 +93,28 @@ def test_anil_meta_gradient_reaches_the_body_through_the_head(
     params = leaf_params(conv4_learner)
     grads, _ = build_algorithm("anil", InnerLoop(1, 0.4)).meta_gradients(conv4_learner, params, image_batch)
     assert float(grads["body.0.weight"].norm()) > 0
+
+
+@pytest.mark.parametrize("form", ["batched", "loop"])
+def test_anil_meta_gradient_matches_a_loop_that_recomputes_the_body_every_step(
+    conv4_learner: Learner, image_batch: TaskBatch, form: str
+) -> None:
+    """ANIL computes the body's support features once; the result must equal the plain loop's."""
+    params = leaf_params(conv4_learner, torch.float64)
+    batch = as_dtype(image_batch, torch.float64)
+    query_losses = []
+    for t in range(batch.tasks):
+        sx, sy, qx, qy = batch.task(t)
+        head = {k: v for k, v in params.items() if k.startswith("head.")}
+        for _ in range(3):
+            loss = conv4_learner.losses({**params, **head}, sx, sy)
+            grads = torch.autograd.grad(loss, list(head.values()), create_graph=True)
+            head = {k: v - 0.4 * g for (k, v), g in zip(head.items(), grads, strict=True)}
+        query_losses.append(conv4_learner.losses({**params, **head}, qx, qy))
+    expected = torch.autograd.grad(torch.stack(query_losses).mean(), list(params.values()))
+    anil = build_algorithm("anil", InnerLoop(3, 0.4))
+    found, _ = anil.meta_gradients(conv4_learner, params, batch, form)
+    assert relative_error([found[k] for k in params], list(expected)) < 1e-10
 
 
 def test_meta_sgd_learning_rates_receive_gradients(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from app.meta import MAML, InnerLoop, Learner, evaluate, meta_train
@@ -28,7 +29,7 @@ def test_short_meta_training_on_sinusoids_lowers_held_out_loss(sinusoid_learner:
         iterations=600,
         outer_lr=3e-3,
         seed=0,
-        on_iteration=lambda i, loss, _: losses.append(loss),
+        on_iteration=lambda progress: losses.append(progress.loss),
     )
     after = evaluate(sinusoid_learner, trained, inner, tasks)["loss"]
     assert len(losses) == 600 and after.tasks == 200
@@ -57,3 +58,20 @@ def test_meta_training_is_reproducible_from_its_seed(sinusoid_learner: Learner) 
         for _ in range(2)
     ]
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in params)
+
+
+def test_a_diverging_run_stops_before_a_non_finite_step_reaches_the_weights(
+    sinusoid_learner: Learner,
+) -> None:
+    params = dict(sinusoid_learner.net.named_parameters())
+    seen: list[dict[str, torch.Tensor]] = []
+    with pytest.raises(FloatingPointError, match="diverged at iteration"):
+        meta_train(
+            MAML(InnerLoop(3, 1e4)),
+            sinusoid_learner,
+            params,
+            lambda g: sinusoid_tasks(g, 5),
+            iterations=20,
+            on_iteration=lambda progress: seen.append(dict(progress.params)),
+        )
+    assert all(bool(torch.isfinite(t).all()) for step in seen for t in step.values())

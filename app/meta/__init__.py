@@ -9,7 +9,7 @@ from app.meta.batch import TaskBatch
 from app.meta.evaluate import Estimate, evaluate
 from app.meta.functional import InnerLoop, Learner, Params, adapt, inner_steps
 from app.meta.nets import NETS, build_net
-from app.meta.train import meta_train
+from app.meta.train import Progress, meta_train
 
 __all__ = [
     "ALGORITHMS",
@@ -20,6 +20,7 @@ __all__ = [
     "InnerLoop",
     "Learner",
     "Params",
+    "Progress",
     "Reptile",
     "TaskBatch",
     "adapt",

@@ -85,6 +85,15 @@ class Learner:
         """Mean loss of each task: a scalar for one task, ``[T]`` for a task batch."""
         return LOSSES[self.loss](self.predict(params, x), y).mean(-1)
 
+    def features(self, params: Params, x: Tensor) -> Tensor:
+        """The body's output, what the head sees: computed once when only the head adapts (ANIL)."""
+        return functional_call(self.net.body, _part(params, "body."), (x,), tie_weights=False)
+
+    def head_losses(self, params: Params, features: Tensor, y: Tensor) -> Tensor:
+        """``losses`` from the body's output onward."""
+        logits = functional_call(self.net.head, _part(params, "head."), (features,), tie_weights=False)
+        return LOSSES[self.loss](logits, y).mean(-1)
+
     def check(self, x: Tensor, y: Tensor, what: str) -> int | None:
         """Validate examples for this net (see ``check_examples``); returns the number of tasks or None."""
         tasks = check_examples(x, y, self.net.input_shape, what)
@@ -175,14 +184,26 @@ def inner_steps(
     if tasks is not None:
         fast = {k: v.expand(tasks, *v.shape) for k, v in fast.items()}
     frozen = {k: v for k, v in weights.items() if k not in fast}
+    if fast and all(is_head(k) for k in fast):
+        # Only the head adapts: the body's output on the support set is the same at every step.
+        features = learner.features(frozen, x)
 
-    def support_loss(adapted: Params) -> Tensor:
-        return learner.losses({**frozen, **adapted}, x, y).sum()
+        def support_loss(adapted: Params) -> Tensor:
+            return learner.head_losses(adapted, features, y).sum()
+    else:
+
+        def support_loss(adapted: Params) -> Tensor:
+            return learner.losses({**frozen, **adapted}, x, y).sum()
 
     for step in range(inner.steps):
         grads = _gradients(support_loss, fast, meta_grad)
         fast = {k: v - _lr(inner.step_lr(params, step, k), meta_grad) * grads[k] for k, v in fast.items()}
         yield {**frozen, **fast}
+
+
+def _part(params: Params, prefix: str) -> Params:
+    """The tensors under ``prefix``, renamed relative to that submodule."""
+    return {k.removeprefix(prefix): v for k, v in params.items() if k.startswith(prefix)}
 
 
 def _lr(lr: float | Tensor, meta_grad: MetaGrad) -> float | Tensor:
