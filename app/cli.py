@@ -1,12 +1,24 @@
-"""The ``metaserve`` command line. Today: ``serve`` (the HTTP service arrives with issue #4)."""
+"""The ``metaserve`` command line: ``train`` and ``eval`` initializations, ``serve`` them (issue #4)."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+from tqdm import tqdm
+
+from app.checkpoint import load_card, save_card
+from app.evaluation import Protocol, evaluate_model
+from app.meta import Estimate
+from app.meta.train import Progress
+from app.training import TrainSpec, Validation, train
 
 app = typer.Typer(
     help="metaserve: few-shot adaptation of meta-trained initializations.", no_args_is_help=True
 )
+DEFAULTS = TrainSpec()
 
 
 @app.callback()
@@ -16,8 +28,123 @@ def main() -> None:
 
 @app.command()
 def serve() -> None:
-    """Start the HTTP service (not built yet: the engine is, see README.md)."""
-    typer.echo(
-        "metaserve: the HTTP service is not built yet (issue #4); the engine in app/meta is.", err=True
-    )
+    """Start the HTTP service (not built yet: the engine and the CLI are, see README.md)."""
+    typer.echo("metaserve: the HTTP service is not built yet (issue #4); train and eval are.", err=True)
     raise typer.Exit(code=1)
+
+
+@app.command("train")
+def train_command(
+    out: Annotated[Path, typer.Option(help="Directory of the initialization, e.g. models/NAME.")],
+    family: Annotated[str, typer.Option(help="sinusoid, glyphs, folder or arrays.")] = DEFAULTS.family,
+    data: Annotated[str | None, typer.Option(help="Dataset path for folder/arrays.")] = None,
+    algo: Annotated[str, typer.Option(help="maml, fomaml, anil, metasgd or reptile.")] = DEFAULTS.algorithm,
+    net: Annotated[str, typer.Option(help="auto, mlp or conv4.")] = DEFAULTS.net,
+    hidden: Annotated[int, typer.Option(help="Conv4 channels / MLP width.")] = DEFAULTS.hidden,
+    ways: int = DEFAULTS.ways,
+    shots: int = DEFAULTS.shots,
+    queries: Annotated[int, typer.Option(help="Query examples per class (per task for regression).")] = (
+        DEFAULTS.queries
+    ),
+    meta_batch: Annotated[int, typer.Option(help="Tasks per meta-update.")] = DEFAULTS.meta_batch,
+    iterations: int = DEFAULTS.iterations,
+    inner_steps: int = DEFAULTS.inner_steps,
+    inner_lr: float = DEFAULTS.inner_lr,
+    step_loss: Annotated[str, typer.Option(help="Query loss after the 'last' step or over 'all' steps.")] = (
+        DEFAULTS.step_loss
+    ),
+    outer_lr: Annotated[float, typer.Option(help="Adam's rate (Reptile: its epsilon).")] = DEFAULTS.outer_lr,
+    seed: int = DEFAULTS.seed,
+    val_every: int = DEFAULTS.val_every,
+    val_tasks: int = DEFAULTS.val_tasks,
+    checkpoint_every: int = DEFAULTS.checkpoint_every,
+    resume: Annotated[bool, typer.Option(help="Continue the run saved in --out.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    cache_dir: Annotated[Path, typer.Option(help="Where generated families are cached.")] = Path(
+        "data/cache"
+    ),
+) -> None:
+    """Meta-train an initialization, validating and checkpointing as it goes."""
+    options: dict[str, Any] = dict(
+        family=family, data=data, algorithm=algo, net=net, hidden=hidden, ways=ways, shots=shots,
+        queries=queries, meta_batch=meta_batch, iterations=iterations, inner_steps=inner_steps,
+        inner_lr=inner_lr, step_loss=step_loss, outer_lr=outer_lr, seed=seed, val_every=val_every,
+        val_tasks=val_tasks, checkpoint_every=checkpoint_every,
+    )  # fmt: skip
+    spec = _checked(lambda: TrainSpec(**options))
+    bar = tqdm(total=spec.iterations, desc=out.name, unit="it", dynamic_ncols=True)
+    figures: dict[str, str] = {}
+
+    def on_progress(progress: Progress, validation: Validation | None) -> None:
+        if bar.n == 0 and progress.iteration > 1:
+            bar.update(progress.iteration - 1)
+        figures["loss"] = f"{progress.loss:.3f}"
+        if validation is not None:
+            figures["val_loss"] = f"{validation.loss:.3f}"
+            if validation.accuracy is not None:
+                figures["val_acc"] = f"{validation.accuracy:.3f}"
+        bar.set_postfix(figures, refresh=False)
+        bar.update(1)
+
+    card = _checked(lambda: train(spec, out, out.name, resume, device, cache_dir, on_progress))
+    bar.close()
+    typer.echo(
+        f"saved {out} (sha256 {card['sha256'][:12]}…) after {card['training']['iteration']} iterations"
+    )
+
+
+@app.command("eval")
+def eval_command(
+    model: Annotated[Path, typer.Option(help="Directory of the initialization, e.g. models/sinusoid.")],
+    shots: int = 1,
+    steps: Annotated[int | None, typer.Option(help="Inner steps (default: the card's).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Inner lr (default: the card's).")] = None,
+    tasks: int = 600,
+    ways: Annotated[int | None, typer.Option(help="Ways (default: the model's head).")] = None,
+    queries: Annotated[int, typer.Option(help="Query examples per class (per task for regression).")] = 15,
+    split: str = "test",
+    record: Annotated[bool, typer.Option(help="Write the figures into the model card.")] = False,
+    cache_dir: Path = Path("data/cache"),
+) -> None:
+    """Evaluate an initialization on held-out tasks (mean ± 95% CI) beside the baselines."""
+    card = _checked(lambda: load_card(model))
+    classification = card["family"]["kind"] == "classification"
+    protocol = _checked(
+        lambda: Protocol(
+            ways=ways or (card["net"]["ways"] if classification else 1),
+            shots=shots,
+            steps=card["inner"]["steps"] if steps is None else steps,
+            lr=card["inner"]["lr"] if lr is None else lr,
+            tasks=tasks,
+            queries=queries,
+            split=split,
+        )
+    )
+    results = _checked(lambda: evaluate_model(model, protocol, cache_dir))
+    typer.echo(f"{model.name}: {protocol.describe()}")
+    for method, metrics in results.items():
+        shown = ", ".join(f"{metric} {_shown(e, metric)}" for metric, e in metrics.items())
+        typer.echo(f"  {method:<24} {shown}")
+    if record:
+        key = f"{protocol.split}/{protocol.ways}-way/{protocol.shots}-shot/{protocol.steps}-step"
+        card["metrics"][key] = {
+            "protocol": asdict(protocol),
+            **{method: {m: asdict(e) for m, e in metrics.items()} for method, metrics in results.items()},
+        }
+        save_card(model, card)
+        typer.echo(f"recorded in {model / 'card.json'} under {key!r}")
+
+
+def _shown(estimate: Estimate, metric: str) -> str:
+    if metric == "accuracy":
+        return f"{100 * estimate.mean:.2f}% ± {100 * estimate.ci95:.2f}"
+    return f"{estimate.mean:.4f} ± {estimate.ci95:.4f}"
+
+
+def _checked(make: Any) -> Any:
+    """Run ``make``; a user error becomes a one-line message and exit code 2, not a traceback."""
+    try:
+        return make()
+    except (ValueError, FileNotFoundError, FloatingPointError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(code=2) from None

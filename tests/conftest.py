@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageDraw
 from torch import Tensor, nn
 from torch.func import functional_call
 
@@ -104,3 +106,32 @@ def image_batch(generator: torch.Generator) -> TaskBatch:
 
 def as_dtype(batch: TaskBatch, dtype: torch.dtype) -> TaskBatch:
     return TaskBatch(*(t.to(dtype) if t.is_floating_point() else t for t in batch.tensors()))
+
+
+@pytest.fixture(scope="session")
+def glyphs_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache of the rendered glyphs family (about a minute to build) for the whole test session."""
+    return tmp_path_factory.mktemp("glyphs-cache")
+
+
+Colour = int | tuple[int, ...]
+
+
+def drawing(
+    index: int, variant: int = 0, ink: Colour = 0, paper: Colour = 255, mode: str = "L"
+) -> Image.Image:
+    """A 40x40 drawing of class ``index`` (a bar and a stroke), nudged by ``variant``."""
+    image = Image.new(mode, (40, 40), paper)
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((5 + variant, 5, 12 + variant + index, 30), fill=ink)
+    draw.line((5, 35, 35, 5 + index), fill=ink, width=2)
+    return image
+
+
+def write_dataset(root: Path, classes: list[str], per_class: int = 3) -> Path:
+    """``per_class`` PNGs in ``root/<class>`` for each class (a class may be ``alphabet/character``)."""
+    for index, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for variant in range(per_class):
+            drawing(index % 20, variant).save(root / name / f"{variant}.png")
+    return root

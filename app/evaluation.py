@@ -1,0 +1,90 @@
+"""The meta-test protocol for a saved initialization, beside two baselines on the very same tasks: the
+same net adapted from a random initialization with the same inner steps, and (classification) pixel
+nearest-neighbour. ``metaserve eval`` prints it; the figures go into the model card."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from app.checkpoint import load_card, load_weights
+from app.families.registry import build_family
+from app.meta import Estimate, InnerLoop, Learner, TaskBatch, build_net, evaluate
+from app.meta.tasks.family import Family, split_generator
+from app.training import build_learner
+
+__all__ = ["Protocol", "evaluate_model", "load_model", "nearest_neighbour"]
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Which meta-test tasks and how the initialization adapts to them."""
+
+    ways: int
+    shots: int
+    steps: int
+    lr: float
+    tasks: int = 600
+    queries: int = 15
+    split: str = "test"
+
+    def describe(self) -> str:
+        return (
+            f"{self.tasks} meta-{self.split} tasks, {self.ways}-way {self.shots}-shot, "
+            f"{self.queries} queries per class, {self.steps} steps of lr {self.lr}"
+        )
+
+
+def load_model(directory: Path) -> tuple[dict[str, Any], Learner, dict[str, Tensor]]:
+    """A saved initialization: its card, a learner for its net, and its verified weights."""
+    card = load_card(directory)
+    net = build_net(card["net"])
+    kind = card["family"]["kind"]
+    return card, build_learner(net, kind), load_weights(directory, card)
+
+
+def nearest_neighbour(batch: TaskBatch) -> Tensor:
+    """Per-task accuracy of labelling each query like its nearest support example in pixel space."""
+    support, query = batch.support_x.flatten(2), batch.query_x.flatten(2)
+    nearest = torch.cdist(query, support).argmin(-1)
+    predicted = batch.support_y.gather(1, nearest)
+    return (predicted == batch.query_y).float().mean(-1)
+
+
+def _batches(family: Family, seed: int, protocol: Protocol, size: int = 25) -> list[TaskBatch]:
+    generator = split_generator(seed, protocol.split)
+    counts = [min(size, protocol.tasks - start) for start in range(0, protocol.tasks, size)]
+    return [
+        family.sample(generator, protocol.split, n, protocol.ways, protocol.shots, protocol.queries)
+        for n in counts
+    ]
+
+
+def evaluate_model(
+    directory: Path, protocol: Protocol, cache_dir: Path = Path("data/cache")
+) -> dict[str, dict[str, Estimate]]:
+    """Figures of the initialization and its baselines, by method and then by metric."""
+    card, learner, params = load_model(directory)
+    spec = card["training"]["spec"]
+    if card["family"]["kind"] == "classification" and protocol.ways != learner.net.outputs:
+        raise ValueError(
+            f"this model's head has {learner.net.outputs} ways; evaluate it at --ways {learner.net.outputs}"
+        )
+    data = Path(spec["data"]) if spec["data"] else None
+    family = build_family(spec["family"], card["seed"], data, cache_dir)
+    batches = _batches(family, card["seed"], protocol)
+    inner = InnerLoop(protocol.steps, protocol.lr, card["inner"]["adapts"])
+    torch.manual_seed(card["seed"] + 1)
+    scratch = dict(build_net(card["net"]).named_parameters())
+    results = {
+        "metaserve": evaluate(learner, params, inner, batches),
+        "random init": evaluate(learner, {k: v.detach() for k, v in scratch.items()}, inner, batches),
+    }
+    if family.kind == "classification":
+        accuracy = torch.cat([nearest_neighbour(b) for b in batches])
+        results["pixel nearest-neighbour"] = {"accuracy": Estimate.of(accuracy)}
+    return results

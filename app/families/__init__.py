@@ -1,0 +1,1 @@
+"""Task families built from outside sources (fonts, image folders) for the CLI and the service."""

@@ -1,0 +1,247 @@
+"""A training recipe end to end: the spec, the net and algorithm it names, periodic validation,
+checkpoints with a model card, and resuming a run exactly. ``metaserve train`` and jobs call ``train``."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from app.checkpoint import (
+    CheckpointError,
+    load_card,
+    load_training_state,
+    load_weights,
+    save_card,
+    save_training_state,
+    save_weights,
+)
+from app.families.registry import build_family
+from app.meta import Algorithm, InnerLoop, Learner, Params, build_algorithm, build_net, evaluate
+from app.meta.nets import MetaNet
+from app.meta.tasks.family import Family, split_generator
+from app.meta.train import Progress, meta_train
+
+__all__ = ["TrainSpec", "Validation", "build_learner", "resolve_device", "train", "validation_batches"]
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Everything that determines a training run (with the seed, the run itself)."""
+
+    family: str = "sinusoid"
+    data: str | None = None
+    algorithm: str = "maml"
+    net: str = "auto"
+    hidden: int = 64
+    ways: int = 5
+    shots: int = 10
+    queries: int = 10
+    meta_batch: int = 25
+    iterations: int = 10_000
+    inner_steps: int = 1
+    inner_lr: float = 0.01
+    step_loss: str = "last"
+    """Query loss after the last inner step only, or averaged over "all" steps (MAML++'s multi-step loss)."""
+    outer_lr: float = 1e-3
+    seed: int = 0
+    val_every: int = 500
+    val_tasks: int = 200
+    checkpoint_every: int = 500
+
+    def command(self, out: Path) -> str:
+        """The ``metaserve train`` command line that runs this spec into ``out`` (recorded in the card)."""
+        options = []
+        for name, value in asdict(self).items():
+            if value is not None:
+                flag = "--algo" if name == "algorithm" else "--" + name.replace("_", "-")
+                options += [flag, str(value)]
+        return shlex.join(["metaserve", "train", *options, "--out", str(out)])
+
+    def __post_init__(self) -> None:
+        for name in ("hidden", "ways", "shots", "queries", "meta_batch", "val_every", "val_tasks"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
+        if self.step_loss not in ("last", "all"):
+            raise ValueError(f"step_loss must be 'last' or 'all'; got {self.step_loss!r}")
+        if self.checkpoint_every < 1 or self.iterations < 0:
+            raise ValueError("checkpoint_every must be >= 1 and iterations >= 0")
+
+
+@dataclass(frozen=True)
+class Validation:
+    """Figures on the meta-validation split after ``iteration`` updates."""
+
+    iteration: int
+    loss: float
+    accuracy: float | None
+
+
+def resolve_device(device: str) -> torch.device:
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda; got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda was asked for but CUDA is not available here")
+    return torch.device(
+        "cuda" if device == "auto" and torch.cuda.is_available() else device.replace("auto", "cpu")
+    )
+
+
+def net_config(spec: TrainSpec, family: Family) -> dict[str, Any]:
+    """The net a spec names: Finn's 1-40-40-1 MLP for sinusoids, Conv4 for images, else an MLP."""
+    shape = family.input_shape
+    outputs = spec.ways if family.kind == "classification" else 1
+    net = spec.net if spec.net != "auto" else ("conv4" if len(shape) == 3 else "mlp")
+    if net == "conv4":
+        if len(shape) != 3 or shape[1] != shape[2]:
+            raise ValueError(f"conv4 needs square images (channels, size, size); this family gives {shape}")
+        return {
+            "name": "conv4",
+            "ways": outputs,
+            "channels": shape[0],
+            "hidden": spec.hidden,
+            "size": shape[1],
+        }
+    width = 40 if spec.family == "sinusoid" and spec.net == "auto" else spec.hidden
+    features = int(torch.tensor(shape).prod())
+    if len(shape) != 1:
+        raise ValueError(f"an mlp takes flat inputs; this family gives inputs of shape {shape} (use conv4)")
+    return {"name": "mlp", "sizes": [features, width, width, outputs]}
+
+
+def build_learner(net: MetaNet, kind: str) -> Learner:
+    return Learner(net, "cross_entropy" if kind == "classification" else "mse")
+
+
+def build_spec_algorithm(spec: TrainSpec) -> Algorithm:
+    inner = InnerLoop(spec.inner_steps, spec.inner_lr)
+    options: dict[str, Any] = {"epsilon": spec.outer_lr} if spec.algorithm == "reptile" else {}
+    if spec.step_loss == "all":
+        if spec.algorithm == "reptile":
+            raise ValueError("reptile has no query loss: step_loss 'all' applies to the MAML family only")
+        options["step_loss_weights"] = (1 / spec.inner_steps,) * spec.inner_steps
+    return build_algorithm(spec.algorithm, inner, **options)
+
+
+def validation_batches(family: Family, spec: TrainSpec, split: str, tasks: int, batch: int = 25) -> list[Any]:
+    """The same ``tasks`` tasks of ``split`` every time (a generator of their own, seeded by the spec)."""
+    generator = split_generator(spec.seed, split)
+    sizes = [min(batch, tasks - start) for start in range(0, tasks, batch)]
+    return [family.sample(generator, split, n, spec.ways, spec.shots, spec.queries) for n in sizes]
+
+
+def _to(params: Params, device: torch.device) -> Params:
+    return {k: v.to(device) for k, v in params.items()}
+
+
+def train(
+    spec: TrainSpec,
+    out: Path,
+    name: str,
+    resume: bool = False,
+    device: str = "auto",
+    cache_dir: Path = Path("data/cache"),
+    on_progress: Callable[[Progress, Validation | None], None] | None = None,
+) -> dict[str, Any]:
+    """Train per ``spec`` into ``out`` (weights, card, training state); returns the final card.
+
+    With ``resume`` the run continues from the training state in ``out`` (same spec, or more iterations)
+    and ends exactly where the uninterrupted run would."""
+    where = resolve_device(device)
+    family = build_family(spec.family, spec.seed, Path(spec.data) if spec.data else None, cache_dir)
+    torch.manual_seed(spec.seed)
+    net = build_net(net_config(spec, family))
+    learner = build_learner(net, family.kind)
+    algorithm = build_spec_algorithm(spec)
+    params = _to(algorithm.init(dict(net.named_parameters())), where)
+    history: list[dict[str, Any]] = []
+    restore = None
+    if resume:
+        card = load_card(out)
+        saved = TrainSpec(**card["training"]["spec"])
+        if replace(saved, iterations=spec.iterations) != spec:
+            raise CheckpointError(
+                f"{out}: --resume needs the spec it was started with; it holds {asdict(saved)}"
+            )
+        saved_params = load_weights(out, card)
+        if saved_params.keys() != params.keys():
+            raise CheckpointError(f"{out}: the saved weights do not fit the net this spec builds")
+        # The optimizer's state is by position: keep the order the algorithm gave its meta-parameters.
+        params = {k: saved_params[k].to(where) for k in params}
+        history = list(card["training"]["history"])
+        restore = lambda optimizer, generator: load_training_state(out, optimizer, generator)  # noqa: E731
+    val = [b.to(where) for b in validation_batches(family, spec, "val", spec.val_tasks)]
+    started = time.monotonic()
+
+    def card_for(progress: Progress) -> dict[str, Any]:
+        return {
+            "name": name,
+            "version": 1,
+            "algorithm": spec.algorithm,
+            "net": net.config,
+            "family": {**family.describe(), "seed": spec.seed, "data": spec.data},
+            "inner": {"steps": spec.inner_steps, "lr": spec.inner_lr, "adapts": algorithm.inner.adapts},
+            "command": spec.command(out),
+            "seed": spec.seed,
+            "training": {
+                "spec": asdict(spec),
+                "iteration": progress.iteration,
+                "complete": progress.iteration == spec.iterations,
+                "seconds": round(time.monotonic() - started, 1),
+                "device": str(where),
+                "torch": torch.__version__,
+                "history": history,
+            },
+            "metrics": {},
+            "sha256": "",
+        }
+
+    def checkpoint(progress: Progress) -> None:
+        card = card_for(progress)
+        card["sha256"] = save_weights(out, progress.params)
+        save_training_state(out, progress.iteration, progress.optimizer, progress.generator)
+        save_card(out, card)
+
+    def validate(iteration: int, meta: Params, train_loss: float | None) -> Validation:
+        figures = evaluate(learner, {k: v.detach() for k, v in meta.items()}, algorithm.inner, val)
+        accuracy = figures["accuracy"].mean if "accuracy" in figures else None
+        history.append(
+            {
+                "iteration": iteration,
+                "train_loss": None if train_loss is None else round(train_loss, 5),
+                "val_loss": round(figures["loss"].mean, 5),
+                **({"val_accuracy": round(accuracy, 5)} if accuracy is not None else {}),
+            }
+        )
+        return Validation(iteration, figures["loss"].mean, accuracy)
+
+    def on_iteration(progress: Progress) -> None:
+        validation = None
+        if progress.iteration % spec.val_every == 0 or progress.iteration == spec.iterations:
+            validation = validate(progress.iteration, progress.params, progress.loss)
+        if progress.iteration % spec.checkpoint_every == 0 or progress.iteration == spec.iterations:
+            checkpoint(progress)
+        if on_progress is not None:
+            on_progress(progress, validation)
+
+    if not resume:
+        validate(0, params, None)  # where the curve starts: the untrained initialization
+    family_sample = family.sample
+    meta_train(
+        algorithm,
+        learner,
+        params,
+        lambda g: family_sample(g, "train", spec.meta_batch, spec.ways, spec.shots, spec.queries),
+        spec.iterations,
+        spec.outer_lr,
+        spec.seed,
+        on_iteration,
+        restore,
+    )
+    return json.loads((out / "card.json").read_text())
