@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -28,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.meta import MAML, InnerLoop, Learner, TaskBatch, adapt, build_net  # noqa: E402
+from bench.report import commit, table, write  # noqa: E402
 
 
 def load_anchors(path: Path) -> ModuleType:
@@ -153,18 +152,6 @@ def meta_iteration_flops(
     return int(counter.get_total_flops())
 
 
-def commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def run(args: argparse.Namespace, anchors: ModuleType) -> dict[str, Any]:
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
@@ -232,11 +219,6 @@ def run(args: argparse.Namespace, anchors: ModuleType) -> dict[str, Any]:
                 "times_s": times,
             }
     return report
-
-
-def table(header: list[str], rows: list[list[str]]) -> list[str]:
-    """A Markdown table's lines."""
-    return [f"| {' | '.join(header)} |", "|" + "---|" * len(header), *(f"| {' | '.join(r)} |" for r in rows)]
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -314,11 +296,7 @@ def main() -> None:
     anchors = load_anchors(args.anchors)
     anchors.IMPLS["metaserve"] = metaserve_impl(anchors)
     report = run(args, anchors)
-    text = markdown(report)
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str))
-    args.out.with_suffix(".md").write_text(text)
+    write(args.out, report, markdown(report))
 
 
 if __name__ == "__main__":
