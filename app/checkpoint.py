@@ -53,6 +53,7 @@ def _write_atomically(path: Path, write: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
     write(partial)
+    os.chmod(partial, 0o644)  # safetensors creates owner-only files; a model is read by the service user
     with open(partial, "rb") as handle:
         os.fsync(handle.fileno())
     os.replace(partial, path)

@@ -126,7 +126,7 @@ def eval_command(
         shown = ", ".join(f"{metric} {_shown(e, metric)}" for metric, e in metrics.items())
         typer.echo(f"  {method:<24} {shown}")
     if record:
-        key = f"{protocol.split}/{protocol.ways}-way/{protocol.shots}-shot/{protocol.steps}-step"
+        key = protocol.key
         card["metrics"][key] = {
             "protocol": asdict(protocol),
             **{method: {m: asdict(e) for m, e in metrics.items()} for method, metrics in results.items()},

@@ -14,7 +14,7 @@ from torch import Tensor
 from app.checkpoint import load_card, load_weights
 from app.families.registry import build_family
 from app.meta import Estimate, InnerLoop, Learner, TaskBatch, build_net, evaluate
-from app.meta.tasks.family import Family, split_generator
+from app.meta.tasks.family import held_out_batches
 from app.training import build_learner
 
 __all__ = ["Protocol", "evaluate_model", "load_model", "nearest_neighbour"]
@@ -22,7 +22,7 @@ __all__ = ["Protocol", "evaluate_model", "load_model", "nearest_neighbour"]
 
 @dataclass(frozen=True)
 class Protocol:
-    """Which meta-test tasks and how the initialization adapts to them."""
+    """Which meta-test tasks and how the initialization adapts to them (``ways`` is 1 for regression)."""
 
     ways: int
     shots: int
@@ -32,10 +32,23 @@ class Protocol:
     queries: int = 15
     split: str = "test"
 
+    @property
+    def regression(self) -> bool:
+        return self.ways == 1
+
+    @property
+    def key(self) -> str:
+        """Where a card keeps the figures of this protocol, e.g. ``test/5-way/1-shot/5-step``."""
+        ways = "" if self.regression else f"{self.ways}-way/"
+        return f"{self.split}/{ways}{self.shots}-shot/{self.steps}-step"
+
     def describe(self) -> str:
+        task = f"{self.shots}-shot regression" if self.regression else f"{self.ways}-way {self.shots}-shot"
+        queries = "query points" if self.regression else "queries per class"
+        steps = "step" if self.steps == 1 else "steps"
         return (
-            f"{self.tasks} meta-{self.split} tasks, {self.ways}-way {self.shots}-shot, "
-            f"{self.queries} queries per class, {self.steps} steps of lr {self.lr}"
+            f"{self.tasks} meta-{self.split} tasks, {task}, {self.queries} {queries}, "
+            f"{self.steps} {steps} of lr {self.lr}"
         )
 
 
@@ -55,15 +68,6 @@ def nearest_neighbour(batch: TaskBatch) -> Tensor:
     return (predicted == batch.query_y).float().mean(-1)
 
 
-def _batches(family: Family, seed: int, protocol: Protocol, size: int = 25) -> list[TaskBatch]:
-    generator = split_generator(seed, protocol.split)
-    counts = [min(size, protocol.tasks - start) for start in range(0, protocol.tasks, size)]
-    return [
-        family.sample(generator, protocol.split, n, protocol.ways, protocol.shots, protocol.queries)
-        for n in counts
-    ]
-
-
 def evaluate_model(
     directory: Path, protocol: Protocol, cache_dir: Path = Path("data/cache")
 ) -> dict[str, dict[str, Estimate]]:
@@ -76,7 +80,9 @@ def evaluate_model(
         )
     data = Path(spec["data"]) if spec["data"] else None
     family = build_family(spec["family"], card["seed"], data, cache_dir)
-    batches = _batches(family, card["seed"], protocol)
+    batches = held_out_batches(
+        family, card["seed"], protocol.split, protocol.tasks, protocol.ways, protocol.shots, protocol.queries
+    )
     inner = InnerLoop(protocol.steps, protocol.lr, card["inner"]["adapts"])
     torch.manual_seed(card["seed"] + 1)
     scratch = dict(build_net(card["net"]).named_parameters())

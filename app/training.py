@@ -3,7 +3,6 @@ checkpoints with a model card, and resuming a run exactly. ``metaserve train`` a
 
 from __future__ import annotations
 
-import json
 import shlex
 import time
 from collections.abc import Callable
@@ -25,10 +24,10 @@ from app.checkpoint import (
 from app.families.registry import build_family
 from app.meta import Algorithm, InnerLoop, Learner, Params, build_algorithm, build_net, evaluate
 from app.meta.nets import MetaNet
-from app.meta.tasks.family import Family, split_generator
+from app.meta.tasks.family import Family, held_out_batches
 from app.meta.train import Progress, meta_train
 
-__all__ = ["TrainSpec", "Validation", "build_learner", "resolve_device", "train", "validation_batches"]
+__all__ = ["TrainSpec", "Validation", "build_learner", "resolve_device", "train"]
 
 
 @dataclass(frozen=True)
@@ -129,17 +128,6 @@ def build_spec_algorithm(spec: TrainSpec) -> Algorithm:
     return build_algorithm(spec.algorithm, inner, **options)
 
 
-def validation_batches(family: Family, spec: TrainSpec, split: str, tasks: int, batch: int = 25) -> list[Any]:
-    """The same ``tasks`` tasks of ``split`` every time (a generator of their own, seeded by the spec)."""
-    generator = split_generator(spec.seed, split)
-    sizes = [min(batch, tasks - start) for start in range(0, tasks, batch)]
-    return [family.sample(generator, split, n, spec.ways, spec.shots, spec.queries) for n in sizes]
-
-
-def _to(params: Params, device: torch.device) -> Params:
-    return {k: v.to(device) for k, v in params.items()}
-
-
 def train(
     spec: TrainSpec,
     out: Path,
@@ -159,9 +147,9 @@ def train(
     net = build_net(net_config(spec, family))
     learner = build_learner(net, family.kind)
     algorithm = build_spec_algorithm(spec)
-    params = _to(algorithm.init(dict(net.named_parameters())), where)
+    params = {k: v.to(where) for k, v in algorithm.init(dict(net.named_parameters())).items()}
     history: list[dict[str, Any]] = []
-    restore = None
+    restore, earlier_seconds = None, 0.0
     if resume:
         card = load_card(out)
         saved = TrainSpec(**card["training"]["spec"])
@@ -174,9 +162,10 @@ def train(
             raise CheckpointError(f"{out}: the saved weights do not fit the net this spec builds")
         # The optimizer's state is by position: keep the order the algorithm gave its meta-parameters.
         params = {k: saved_params[k].to(where) for k in params}
-        history = list(card["training"]["history"])
+        history, earlier_seconds = list(card["training"]["history"]), card["training"]["seconds"]
         restore = lambda optimizer, generator: load_training_state(out, optimizer, generator)  # noqa: E731
-    val = [b.to(where) for b in validation_batches(family, spec, "val", spec.val_tasks)]
+    held_out = held_out_batches(family, spec.seed, "val", spec.val_tasks, spec.ways, spec.shots, spec.queries)
+    val = [b.to(where) for b in held_out]
     started = time.monotonic()
 
     def card_for(progress: Progress) -> dict[str, Any]:
@@ -193,7 +182,7 @@ def train(
                 "spec": asdict(spec),
                 "iteration": progress.iteration,
                 "complete": progress.iteration == spec.iterations,
-                "seconds": round(time.monotonic() - started, 1),
+                "seconds": round(earlier_seconds + time.monotonic() - started, 1),
                 "device": str(where),
                 "torch": torch.__version__,
                 "history": history,
@@ -232,16 +221,15 @@ def train(
 
     if not resume:
         validate(0, params, None)  # where the curve starts: the untrained initialization
-    family_sample = family.sample
     meta_train(
         algorithm,
         learner,
         params,
-        lambda g: family_sample(g, "train", spec.meta_batch, spec.ways, spec.shots, spec.queries),
+        lambda g: family.sample(g, "train", spec.meta_batch, spec.ways, spec.shots, spec.queries),
         spec.iterations,
         spec.outer_lr,
         spec.seed,
         on_iteration,
         restore,
     )
-    return json.loads((out / "card.json").read_text())
+    return load_card(out)

@@ -9,6 +9,7 @@ Usage: ``python bench/sinusoid_table.py --help``.
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import subprocess
 import sys
@@ -41,6 +42,11 @@ def train_command(algorithm: str, shots: int, out: Path, iterations: int) -> lis
     ]  # fmt: skip
 
 
+def finite(value: float) -> float | None:
+    """None for a diverged inner loop, so the JSON stays standard (no NaN)."""
+    return value if math.isfinite(value) else None
+
+
 def complete(out: Path) -> bool:
     try:
         return bool(load_card(out)["training"]["complete"])
@@ -64,8 +70,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         "algorithm": algorithm,
                         "shots": shots,
                         "steps": steps,
-                        "mse": results["metaserve"]["loss"].mean,
-                        "ci95": results["metaserve"]["loss"].ci95,
+                        "mse": finite(results["metaserve"]["loss"].mean),
+                        "ci95": finite(results["metaserve"]["loss"].ci95),
                         "random_init_mse": results["random init"]["loss"].mean,
                         "published": PUBLISHED.get(algorithm, {}).get(shots) if steps == 1 else None,
                         "training_seconds": load_card(out)["training"]["seconds"],
@@ -83,6 +89,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "iterations": args.iterations,
         "rows": rows,
     }
+
+
+def shown(row: dict[str, Any]) -> str:
+    """MSE ± CI, or the fact that the inner loop diverged (Meta-SGD's learned rates, stepped 10 times)."""
+    return "diverges (nan)" if row["mse"] is None else f"{row['mse']:.3f} ± {row['ci95']:.3f}"
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -104,8 +115,8 @@ def markdown(report: dict[str, Any]) -> str:
             [
                 algorithm,
                 str(shots),
-                f"{one['mse']:.3f} ± {one['ci95']:.3f}",
-                f"{ten['mse']:.3f} ± {ten['ci95']:.3f}",
+                shown(one),
+                shown(ten),
                 "-" if published is None else f"{published:.2f}",
                 f"{one['random_init_mse']:.2f}",
             ]

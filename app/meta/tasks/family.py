@@ -12,7 +12,15 @@ from app.meta.batch import TaskBatch
 from app.meta.tasks.pools import SPLITS, Pool, classification_tasks, regression_tasks, split_groups
 from app.meta.tasks.sinusoid import sinusoid_tasks
 
-__all__ = ["Family", "Kind", "PoolFamily", "SinusoidFamily", "pool_family", "split_generator"]
+__all__ = [
+    "Family",
+    "Kind",
+    "PoolFamily",
+    "SinusoidFamily",
+    "held_out_batches",
+    "pool_family",
+    "split_generator",
+]
 
 Kind = Literal["classification", "regression"]
 
@@ -103,3 +111,13 @@ def pool_family(
     """Split ``pool`` into meta-train/val/test a whole group at a time (see ``split_groups``)."""
     splits = split_groups(groups, seed)
     return PoolFamily(name, kind, {s: pool.subset(rows) for s, rows in splits.items()}, details or {})
+
+
+def held_out_batches(
+    family: Family, seed: int, split: str, tasks: int, ways: int, shots: int, queries: int, batch: int = 25
+) -> list[TaskBatch]:
+    """The same ``tasks`` tasks of ``split`` on every call (validation curves and meta-test figures are
+    comparable across runs), in batches of at most ``batch`` tasks."""
+    generator = split_generator(seed, split)
+    sizes = [min(batch, tasks - start) for start in range(0, tasks, batch)]
+    return [family.sample(generator, split, n, ways, shots, queries) for n in sizes]

@@ -73,23 +73,27 @@ def _draw(generator: torch.Generator, pool: Pool, cls: int, count: int) -> Tenso
     return torch.randperm(size, generator=generator)[:count] + start
 
 
+def _check_counts(pool: Pool, tasks: int, shots: int, queries: int, unit: str) -> None:
+    """Every count positive, and every class (or task) large enough for its support and query sets."""
+    if min(tasks, shots, queries) < 1:
+        raise ValueError(f"tasks, shots and queries must be >= 1; got {tasks}, {shots}, {queries}")
+    smallest = int(pool.sizes.min())
+    if shots + queries > smallest:
+        raise ValueError(
+            f"{shots} shots + {queries} queries need {shots + queries} {unit}; the smallest has {smallest}"
+        )
+
+
 def classification_tasks(
     generator: torch.Generator, pool: Pool, tasks: int, ways: int, shots: int, queries: int
 ) -> TaskBatch:
     """``tasks`` N-way K-shot tasks: ``ways`` distinct classes each, ``shots`` support and ``queries``
     query examples per class, labelled ``0..ways-1`` in a random order per task."""
-    if min(tasks, shots, queries) < 1 or ways < 2:
-        raise ValueError(
-            f"need tasks, shots, queries >= 1 and ways >= 2; got {tasks}, {shots}, {queries}, {ways}"
-        )
+    if ways < 2:
+        raise ValueError(f"ways must be >= 2; got {ways}")
     if ways > pool.classes:
         raise ValueError(f"{ways}-way tasks need at least {ways} classes; this split has {pool.classes}")
-    smallest = int(pool.sizes.min())
-    if shots + queries > smallest:
-        raise ValueError(
-            f"{shots} shots + {queries} queries need {shots + queries} examples of every class; "
-            f"the smallest class has {smallest}"
-        )
+    _check_counts(pool, tasks, shots, queries, "examples of every class")
     support, query = [], []
     for _ in range(tasks):
         chosen = torch.randperm(pool.classes, generator=generator)[:ways]
@@ -109,14 +113,7 @@ def regression_tasks(
     ``shots`` support and ``queries`` query rows."""
     if pool.y is None:
         raise ValueError("regression tasks need a pool with targets y")
-    if min(tasks, shots, queries) < 1:
-        raise ValueError(f"tasks, shots and queries must be >= 1; got {tasks}, {shots}, {queries}")
-    smallest = int(pool.sizes.min())
-    if shots + queries > smallest:
-        raise ValueError(
-            f"{shots} shots + {queries} queries need {shots + queries} rows in every task; "
-            f"the smallest has {smallest}"
-        )
+    _check_counts(pool, tasks, shots, queries, "rows in every task")
     chosen = torch.randint(pool.classes, (tasks,), generator=generator)
     rows = torch.stack([_draw(generator, pool, int(c), shots + queries) for c in chosen])
     x, y = pool.x[rows], pool.y[rows]
