@@ -14,6 +14,7 @@ from PIL import Image, ImageDraw
 from app.families.folder import folder_family
 from app.families.images import image_to_input
 from app.meta.tasks.family import PoolFamily
+from app.meta.tasks.glyphs import INK_EXTENT
 from tests.conftest import drawing, write_dataset
 
 
@@ -154,8 +155,9 @@ def test_crop_keeps_the_aspect_and_centres_the_ink() -> None:
 
     rows = np.flatnonzero((tall > 0.5).any(axis=1))
     cols = np.flatnonzero((tall > 0.5).any(axis=0))
-    assert (rows[0], rows[-1]) == (0, 27)
-    assert cols[-1] - cols[0] + 1 == round(10 * 28 / 30)
+    extent = round(INK_EXTENT * 28)  # the glyphs' convention: the longer side spans 70% of the image
+    assert rows[-1] - rows[0] + 1 == extent and abs(rows[0] - (27 - rows[-1])) <= 1
+    assert cols[-1] - cols[0] + 1 == round(10 * extent / 30)
     assert abs(cols[0] - (27 - cols[-1])) <= 1
     assert np.array_equal(moved, tall)
     assert np.allclose(wide, tall.T, atol=1e-6)

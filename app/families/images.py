@@ -1,10 +1,13 @@
 """Any image as the model's input, like Omniglot: 1 x size x size float32 in [0, 1], ink bright on dark,
-cropped to the ink and centred. The folder family and the service's uploads both go through here."""
+cropped to the ink, scaled to the glyphs' convention (``INK_EXTENT``) and centred. The folder family
+and the service's uploads both go through here."""
 
 from __future__ import annotations
 
 import numpy as np
 from PIL import Image
+
+from app.meta.tasks.glyphs import INK_EXTENT
 
 __all__ = ["image_to_input"]
 
@@ -14,7 +17,8 @@ INK_THRESHOLD = 0.2
 
 def image_to_input(image: Image.Image, size: int) -> np.ndarray:
     """``image`` (any mode, either polarity) as a ``[1, size, size]`` float32 array in [0, 1] where ink is
-    1 and paper 0, cropped to the ink's bounding box and scaled to fit, aspect kept, centred."""
+    1 and paper 0, cropped to the ink's bounding box, scaled to ``INK_EXTENT`` of the side (aspect kept)
+    and centred."""
     if size < 1:
         raise ValueError(f"image size must be >= 1; got {size}")
     ink = _ink(_grey(image))
@@ -55,9 +59,9 @@ def _ink(grey: np.ndarray) -> np.ndarray:
 
 
 def _fit(ink: np.ndarray, size: int) -> np.ndarray:
-    """Scale ``ink`` so its longer side is ``size`` (antialiased bilinear) and centre it on a blank square."""
+    """Scale ``ink`` so its longer side spans ``INK_EXTENT`` of ``size``; centre it on a blank square."""
     height, width = ink.shape
-    scale = size / max(height, width)
+    scale = INK_EXTENT * size / max(height, width)
     new_height, new_width = max(1, round(height * scale)), max(1, round(width * scale))
     resized = Image.fromarray(ink).resize((new_width, new_height), Image.Resampling.BILINEAR)
     out = np.zeros((size, size), dtype=np.float32)

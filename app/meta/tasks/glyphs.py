@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["JITTER", "Glyph", "Jitter", "distinct_glyphs", "render_clean", "render_examples"]
+__all__ = ["INK_EXTENT", "JITTER", "Glyph", "Jitter", "distinct_glyphs", "render_clean", "render_examples"]
 
 Strokes = Sequence[np.ndarray]
 
@@ -75,6 +75,10 @@ class Glyph:
         )
 
 
+INK_EXTENT = 0.7
+"""The longer side of a character spans this fraction of the image (margins as in Omniglot); uploaded
+and folder images are scaled to the same convention (``app/families/images.py``)."""
+
 JITTER = Jitter()
 """The family's handwriting: strong enough that pixel nearest-neighbour stays far below a learner."""
 
@@ -95,8 +99,8 @@ def _rasterize(vertices: Tensor, glyph: Glyph, width: Tensor, size: int) -> Tens
 
 
 def render_clean(glyph: Glyph, size: int = 28) -> Tensor:
-    """The glyph without jitter, centred and filling 70% of the image: ``[1, size, size]``."""
-    vertices = glyph.vertices * (0.7 * size) + size / 2
+    """The glyph without jitter, centred, its longer side ``INK_EXTENT`` of the image: ``[1, size, size]``."""
+    vertices = glyph.vertices * (INK_EXTENT * size) + size / 2
     return _rasterize(vertices[None], glyph, torch.tensor([1.5 * size / 28]), size)[0]
 
 
@@ -117,7 +121,7 @@ def render_examples(
 
     angle = uniform(-jitter.rotation, jitter.rotation, count) * math.pi / 180
     shear = uniform(-jitter.shear, jitter.shear, count)
-    scale = uniform(*jitter.scale, count, 2) * (0.7 * size)
+    scale = uniform(*jitter.scale, count, 2) * (INK_EXTENT * size)
     cos, sin = angle.cos(), angle.sin()
     rotate = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
     shear_m = torch.eye(2).repeat(count, 1, 1)
