@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from tqdm import tqdm
@@ -19,6 +20,7 @@ app = typer.Typer(
     help="metaserve: few-shot adaptation of meta-trained initializations.", no_args_is_help=True
 )
 DEFAULTS = TrainSpec()
+T = TypeVar("T")
 
 
 @app.callback()
@@ -96,12 +98,14 @@ def train_command(
 @app.command("eval")
 def eval_command(
     model: Annotated[Path, typer.Option(help="Directory of the initialization, e.g. models/sinusoid.")],
-    shots: int = 1,
+    shots: Annotated[int | None, typer.Option(help="Support examples per class (default: trained).")] = None,
     steps: Annotated[int | None, typer.Option(help="Inner steps (default: the card's).")] = None,
     lr: Annotated[float | None, typer.Option(help="Inner lr (default: the card's).")] = None,
     tasks: int = 600,
     ways: Annotated[int | None, typer.Option(help="Ways (default: the model's head).")] = None,
-    queries: Annotated[int, typer.Option(help="Query examples per class (per task for regression).")] = 15,
+    queries: Annotated[
+        int | None, typer.Option(help="Query examples per class (default 15), or per task (default 100).")
+    ] = None,
     split: str = "test",
     record: Annotated[bool, typer.Option(help="Write the figures into the model card.")] = False,
     cache_dir: Path = Path("data/cache"),
@@ -111,12 +115,12 @@ def eval_command(
     classification = card["family"]["kind"] == "classification"
     protocol = _checked(
         lambda: Protocol(
-            ways=ways or (card["net"]["ways"] if classification else 1),
-            shots=shots,
+            ways=(card["net"]["ways"] if classification else 1) if ways is None else ways,
+            shots=card["training"]["spec"]["shots"] if shots is None else shots,
             steps=card["inner"]["steps"] if steps is None else steps,
             lr=card["inner"]["lr"] if lr is None else lr,
             tasks=tasks,
-            queries=queries,
+            queries=(15 if classification else 100) if queries is None else queries,
             split=split,
         )
     )
@@ -126,13 +130,12 @@ def eval_command(
         shown = ", ".join(f"{metric} {_shown(e, metric)}" for metric, e in metrics.items())
         typer.echo(f"  {method:<24} {shown}")
     if record:
-        key = protocol.key
-        card["metrics"][key] = {
+        card["metrics"][protocol.key] = {
             "protocol": asdict(protocol),
             **{method: {m: asdict(e) for m, e in metrics.items()} for method, metrics in results.items()},
         }
         save_card(model, card)
-        typer.echo(f"recorded in {model / 'card.json'} under {key!r}")
+        typer.echo(f"recorded in {model / 'card.json'} under {protocol.key!r}")
 
 
 def _shown(estimate: Estimate, metric: str) -> str:
@@ -141,7 +144,7 @@ def _shown(estimate: Estimate, metric: str) -> str:
     return f"{estimate.mean:.4f} ± {estimate.ci95:.4f}"
 
 
-def _checked(make: Any) -> Any:
+def _checked(make: Callable[[], T]) -> T:
     """Run ``make``; a user error becomes a one-line message and exit code 2, not a traceback."""
     try:
         return make()

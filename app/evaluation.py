@@ -15,6 +15,7 @@ from app.checkpoint import load_card, load_weights
 from app.families.registry import build_family
 from app.meta import Estimate, InnerLoop, Learner, TaskBatch, build_net, evaluate
 from app.meta.tasks.family import held_out_batches
+from app.meta.tasks.pools import SPLITS
 from app.training import build_learner
 
 __all__ = ["Protocol", "evaluate_model", "load_model", "nearest_neighbour"]
@@ -31,6 +32,15 @@ class Protocol:
     tasks: int = 600
     queries: int = 15
     split: str = "test"
+
+    def __post_init__(self) -> None:
+        for name in ("ways", "shots", "tasks", "queries"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
+        if self.steps < 0 or not self.lr >= 0:
+            raise ValueError(f"steps and lr must be >= 0; got {self.steps} and {self.lr}")
+        if self.split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}; got {self.split!r}")
 
     @property
     def regression(self) -> bool:

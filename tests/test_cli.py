@@ -146,6 +146,7 @@ def test_bad_input_exits_with_a_reason(tmp_path: Path) -> None:
     assert "--resume needs the spec" in refused(
         "train", "--iterations", "9", "--shots", "5", "--resume", "--out", out
     )
+    assert "tasks must be >= 1" in refused("eval", "--model", out, "--tasks", "0")
     card = json.loads((out / "card.json").read_text())
     del card["sha256"]
     (out / "card.json").write_text(json.dumps(card))
