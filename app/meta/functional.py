@@ -184,16 +184,13 @@ def inner_steps(
     if tasks is not None:
         fast = {k: v.expand(tasks, *v.shape) for k, v in fast.items()}
     frozen = {k: v for k, v in weights.items() if k not in fast}
-    if fast and all(is_head(k) for k in fast):
-        # Only the head adapts: the body's output on the support set is the same at every step.
-        features = learner.features(frozen, x)
+    # When only the head adapts (ANIL), the body's output on the support set is the same at every step.
+    features = learner.features(frozen, x) if fast and all(is_head(k) for k in fast) else None
 
-        def support_loss(adapted: Params) -> Tensor:
+    def support_loss(adapted: Params) -> Tensor:
+        if features is not None:
             return learner.head_losses(adapted, features, y).sum()
-    else:
-
-        def support_loss(adapted: Params) -> Tensor:
-            return learner.losses({**frozen, **adapted}, x, y).sum()
+        return learner.losses({**frozen, **adapted}, x, y).sum()
 
     for step in range(inner.steps):
         grads = _gradients(support_loss, fast, meta_grad)
