@@ -24,8 +24,8 @@ serve: $(BIN)/.installed
 	$(BIN)/metaserve serve
 
 lint: $(BIN)/.installed-dev
-	$(BIN)/ruff check app tests bench
-	$(BIN)/ruff format --check app tests bench
+	$(BIN)/ruff check app tests bench alembic
+	$(BIN)/ruff format --check app tests bench alembic
 	$(BIN)/mypy
 
 test: lint

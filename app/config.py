@@ -1,0 +1,70 @@
+"""The service's settings, read from METASERVE_* environment variables (pydantic-settings).
+
+Each field's description is the configuration reference; `get_settings()` is the one instance the app uses.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "get_settings"]
+
+MiB = 2**20
+
+
+class Settings(BaseSettings):
+    """Where the service keeps its files, how it serves, and the limits it puts on a request."""
+
+    model_config = SettingsConfigDict(env_prefix="METASERVE_", frozen=True)
+
+    data_dir: Path = Field(
+        default=Path("data"), description="Directory for the database and the sessions' adapted tensors."
+    )
+    database_url: str | None = Field(
+        default=None,
+        min_length=1,
+        description="SQLAlchemy URL of the metadata database; unset means SQLite at <data_dir>/metaserve.db.",
+    )
+    models_dir: Path = Field(default=Path("models"), description="Directory of the shipped initializations.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="Device for adaptation and prediction; auto takes CUDA when available."
+    )
+    default_model: str = Field(
+        default="sinusoid", min_length=1, description="Initialization used when a request names no model."
+    )
+    host: str = Field(default="127.0.0.1", min_length=1, description="Address the HTTP server listens on.")
+    port: int = Field(default=8000, ge=1, le=65535, description="Port the HTTP server listens on.")
+    session_ttl_seconds: int = Field(
+        default=86400, gt=0, description="Seconds a session lives after its last use before it is deleted."
+    )
+    session_cache_bytes: int = Field(
+        default=256 * MiB, gt=0, description="Device memory for the cache of adapted sessions, in bytes."
+    )
+    max_support: int = Field(default=1000, gt=0, description="Most support examples in one adaptation.")
+    max_query: int = Field(default=10000, gt=0, description="Most query points in one prediction.")
+    max_steps: int = Field(default=100, gt=0, description="Most inner steps one adaptation may ask for.")
+    max_lr: float = Field(
+        default=10.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Largest inner learning rate one adaptation may ask for.",
+    )
+    max_body_bytes: int = Field(default=16 * MiB, gt=0, description="Largest HTTP request body, in bytes.")
+
+    @property
+    def database_url_resolved(self) -> str:
+        """`database_url`, or the SQLite file in `data_dir` when it is unset."""
+        if self.database_url is not None:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'metaserve.db').as_posix()}"
+
+
+@cache
+def get_settings() -> Settings:
+    """The settings from the environment, read once per process."""
+    return Settings()

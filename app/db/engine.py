@@ -1,0 +1,51 @@
+"""Engines and ORM session factories; SQLite is set up for a service that many processes share."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+__all__ = ["BUSY_TIMEOUT_MS", "make_engine", "make_session_factory"]
+
+BUSY_TIMEOUT_MS = 5000
+"""How long a connection waits for another process's write lock before it fails with 'database is locked'."""
+
+# The busy timeout comes first so that switching to WAL waits for a lock too. WAL lets readers run beside
+# the one writer; NORMAL synchronous stays consistent in WAL mode and may lose only the last commits on power
+# loss; SQLite leaves foreign keys off unless each connection turns them on.
+_SQLITE_PRAGMAS = (
+    f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}",
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA foreign_keys=ON",
+    "PRAGMA synchronous=NORMAL",
+)
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``. For a SQLite file, its directory is created and every connection gets WAL,
+    a busy timeout, foreign keys and NORMAL synchronous; other databases are used as the URL says."""
+    parsed = make_url(url)
+    engine = create_engine(parsed)
+    if parsed.get_backend_name() != "sqlite":
+        return engine
+    if parsed.database and parsed.database != ":memory:" and not parsed.query.get("uri"):
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+
+    @event.listens_for(engine, "connect")
+    def _set_pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            for pragma in _SQLITE_PRAGMAS:
+                cursor.execute(pragma)
+        finally:
+            cursor.close()
+
+    return engine
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    """ORM sessions on ``engine``; objects stay readable after commit, so a handler can return them."""
+    return sessionmaker(engine, expire_on_commit=False)

@@ -1,0 +1,57 @@
+"""Database migrations with Alembic, configured in code (no alembic.ini): ``migrate(url)`` brings a database
+to the newest schema and is a no-op on one already there, so the service calls it on every start.
+
+The scripts live in the repository's ``alembic/`` folder. Other Alembic commands run against the configured
+database (``METASERVE_DATABASE_URL``, or the SQLite file in ``METASERVE_DATA_DIR``) with
+``python -m app.db.migrate <command>``, e.g. ``current``, ``history``, ``check``, ``upgrade head --sql``, or
+``revision --autogenerate -m "add jobs.priority"`` after changing ``app/db/tables.py``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from alembic import command
+from alembic.config import CommandLine, Config
+
+import app
+from app.config import get_settings
+
+__all__ = ["MIGRATIONS", "alembic_config", "migrate"]
+
+MIGRATIONS = Path(app.__file__).resolve().parents[1] / "alembic"
+"""The Alembic folder (env.py, script.py.mako, versions/), beside the ``app`` package."""
+
+
+def alembic_config(url: str) -> Config:
+    """Alembic's configuration for the database at ``url``, with the scripts in ``MIGRATIONS``."""
+    if not (MIGRATIONS / "env.py").is_file():
+        raise FileNotFoundError(
+            f"no Alembic scripts at {MIGRATIONS}: install metaserve from a source checkout (pip install -e .)"
+        )
+    config = Config()
+    # Config values pass through ConfigParser interpolation, where '%' (as in an escaped password) is special.
+    config.set_main_option("script_location", str(MIGRATIONS).replace("%", "%%"))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def migrate(url: str) -> None:
+    """Upgrade the database at ``url`` to the newest revision, creating it if needed."""
+    command.upgrade(alembic_config(url), "head")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The Alembic command line, on the configured database and these scripts."""
+    cli = CommandLine(prog="python -m app.db.migrate")
+    options = cli.parser.parse_args(argv)
+    if not hasattr(options, "cmd"):
+        cli.parser.error("an Alembic command is required, e.g. current, upgrade head or history")
+    config = alembic_config(get_settings().database_url_resolved)
+    config.cmd_opts = options
+    cli.run_cmd(config, options)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
