@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
+from app.files import write_atomically
 from app.meta import Params
 
 __all__ = [
@@ -29,6 +29,8 @@ __all__ = [
 ]
 
 WEIGHTS, CARD, TRAINING_STATE = "weights.safetensors", "card.json", "training-state.safetensors"
+PUBLIC = 0o644
+"""A model's files are read by the service's user, whoever trained it."""
 CARD_FIELDS = (
     "name",
     "version",
@@ -48,17 +50,6 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, corrupt, or does not match its card."""
 
 
-def _write_atomically(path: Path, write: Any) -> None:
-    """Write through a temporary file, fsync and rename: a crash leaves the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    write(partial)
-    os.chmod(partial, 0o644)  # safetensors creates owner-only files; a model is read by the service user
-    with open(partial, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
-
-
 def sha256_of(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
@@ -67,7 +58,7 @@ def save_weights(directory: Path, params: Params) -> str:
     """Save the meta-parameters (net tensors and any learned inner rates); returns their sha256."""
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in params.items()}
     path = Path(directory) / WEIGHTS
-    _write_atomically(path, lambda p: save_file(tensors, str(p)))
+    write_atomically(path, save(tensors), PUBLIC)
     return sha256_of(path)
 
 
@@ -89,7 +80,7 @@ def save_card(directory: Path, card: Mapping[str, Any]) -> None:
     if missing:
         raise CheckpointError(f"model card lacks {missing}")
     text = json.dumps(card, indent=2, sort_keys=False) + "\n"
-    _write_atomically(Path(directory) / CARD, lambda p: p.write_text(text))
+    write_atomically(Path(directory) / CARD, text.encode(), PUBLIC)
 
 
 def load_card(directory: Path) -> dict[str, Any]:
@@ -124,7 +115,7 @@ def save_training_state(
                 scalars[f"{index}/{key}"] = value
     # Hyperparameters (param_groups) are not saved: the run's spec rebuilds them, and resume checks it.
     metadata = {"iteration": str(iteration), "scalars": json.dumps(scalars)}
-    _write_atomically(Path(directory) / TRAINING_STATE, lambda p: save_file(tensors, str(p), metadata))
+    write_atomically(Path(directory) / TRAINING_STATE, save(tensors, metadata), PUBLIC)
 
 
 def load_training_state(directory: Path, optimizer: torch.optim.Optimizer, generator: torch.Generator) -> int:
