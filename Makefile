@@ -21,7 +21,7 @@ $(BIN)/.installed-dev: $(BIN)/.installed
 	touch $@
 
 serve: $(BIN)/.installed
-	$(BIN)/metaserve serve
+	METASERVE_DATA_DIR=./data $(BIN)/metaserve serve
 
 lint: $(BIN)/.installed-dev
 	$(BIN)/ruff check app tests bench alembic

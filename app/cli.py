@@ -1,17 +1,21 @@
-"""The ``metaserve`` command line: ``train`` and ``eval`` initializations, ``serve`` them (issue #4)."""
+"""The ``metaserve`` command line: ``train`` and ``eval`` initializations, ``serve`` them over HTTP."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+import uvicorn
 from tqdm import tqdm
 
 from app.checkpoint import load_card, save_card
+from app.config import get_settings
 from app.evaluation import Protocol, evaluate_model
+from app.main import create_app
 from app.meta import Estimate
 from app.meta.train import Progress
 from app.training import TrainSpec, Validation, train
@@ -29,10 +33,21 @@ def main() -> None:
 
 
 @app.command()
-def serve() -> None:
-    """Start the HTTP service (not built yet: the engine and the CLI are, see README.md)."""
-    typer.echo("metaserve: the HTTP service is not built yet (issue #4); train and eval are.", err=True)
-    raise typer.Exit(code=1)
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on (default: METASERVE_HOST).")] = None,
+    port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="Port to listen on (default: METASERVE_PORT).")
+    ] = None,
+) -> None:
+    """Serve the HTTP API: load the models, then answer until stopped (Ctrl-C or SIGTERM)."""
+    settings = _checked(get_settings)
+    # The service's own messages (models loaded, sessions swept) beside uvicorn's, in its format.
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host if host is None else host,
+        port=settings.port if port is None else port,
+    )
 
 
 @app.command("train")

@@ -4,6 +4,7 @@ safetensors file under the data directory, the metadata in the database, recent 
 from __future__ import annotations
 
 import builtins
+import math
 import secrets
 import time
 from dataclasses import dataclass
@@ -108,6 +109,13 @@ class SessionStore:
         with torch.no_grad():
             before = float(model.learner.losses(model.params, support_x, support_y))
             after = float(model.learner.losses(adapted, support_x, support_y))
+        # A non-finite loss means unusable parameters (and SQLite would store NaN as NULL): refuse it.
+        if not math.isfinite(before):
+            raise ValueError(f"support: the initialization's loss on it is {before}; scale the data down")
+        if not math.isfinite(after):
+            raise ValueError(
+                f"lr: adaptation diverged (support loss {before:.4g}, then {after}); lower lr or steps"
+            )
         changed = {k: v.detach() for k, v in adapted.items() if inner.adapted(k)}
         session_id = secrets.token_urlsafe(32)
         path = f"{SESSIONS}/{session_id}.safetensors"

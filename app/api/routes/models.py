@@ -1,0 +1,48 @@
+"""GET /models and GET /models/{name}: the loaded initializations, their cards and metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, status
+
+from app.api.deps import RegistryDep
+from app.api.schemas import Inner, ModelDetail, ModelSummary, ModelVersion
+from app.serving import LoadedModel, Registry
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/models", tags=["models"])
+
+
+def _summary(model: LoadedModel, registry: Registry) -> ModelSummary:
+    return ModelSummary(
+        name=model.name,
+        version=model.version,
+        ref=model.ref,
+        default=model is registry.default,
+        algorithm=model.card["algorithm"],
+        family=model.card["family"]["name"],
+        kind=model.kind,
+        ways=model.ways,
+        input_shape=list(model.input_shape),
+        inner=Inner(steps=model.inner.steps, lr=model.inner.lr, adapts=model.inner.adapts),
+    )
+
+
+@router.get("")
+async def list_models(registry: RegistryDep) -> list[ModelSummary]:
+    """Every loaded initialization, by name and then version."""
+    return [_summary(model, registry) for model in registry.models]
+
+
+@router.get("/{name}")
+async def get_model(name: str, registry: RegistryDep) -> ModelDetail:
+    """Every loaded version of `name`, with its model card and the metrics recorded in it."""
+    versions = [
+        ModelVersion(**_summary(m, registry).model_dump(), card=m.card, metrics=m.card.get("metrics", {}))
+        for m in registry.models
+        if m.name == name
+    ]
+    if not versions:
+        loaded = ", ".join(sorted({m.name for m in registry.models}))
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no model {name!r}; the loaded models are: {loaded}")
+    return ModelDetail(name=name, versions=versions)
