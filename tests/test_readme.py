@@ -1,0 +1,153 @@
+"""The README's examples run as written against a real ``metaserve serve``, and its API and configuration
+tables match the routes and the settings, so neither can drift from the code."""
+
+from __future__ import annotations
+
+import ast
+import base64
+import json
+import math
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from app.config import Settings
+from app.families.registry import build_family
+from app.main import create_app
+from tests.test_serve_e2e import free_port, serving
+from tests.test_serving import png
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+DOCUMENTED_ADDRESS = "127.0.0.1:8000"
+LABELS = ["a", "b", "c", "d", "e"]
+RUN_SECONDS = 120
+# A block to run is marked by an HTML comment just before it, invisible once rendered.
+TESTED_BLOCK = re.compile(
+    r"<!-- tested: (?P<name>[\w-]+) -->\n```(?P<language>\w+)\n(?P<code>.*?)```\n", re.DOTALL
+)
+
+
+def marked_blocks() -> dict[str, tuple[str, str]]:
+    """The README's marked blocks by name: their language and code."""
+    found = [match.group("name", "language", "code") for match in TESTED_BLOCK.finditer(README.read_text())]
+    return {name: (language, code) for name, language, code in found}
+
+
+def table(heading: str) -> list[list[str]]:
+    """The cells of the body rows of the first table after ``heading``."""
+    section = README.read_text().split(f"\n{heading}\n", 1)[1]
+    lines = re.search(r"^\|.*?(?=\n\n|\Z)", section, re.MULTILINE | re.DOTALL)
+    assert lines is not None, heading
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines.group().splitlines()[2:]]
+
+
+@pytest.fixture(scope="module")
+def address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``metaserve serve`` on a free port, its data in a temporary directory."""
+    root = tmp_path_factory.mktemp("readme-serve")
+    port = free_port()
+    with serving(root / "data", port, root / "serve.log"):
+        yield f"127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def drawings(tmp_path_factory: pytest.TempPathFactory, glyphs_cache: Path) -> Path:
+    """The files the glyph examples read: ``a.png`` … ``e.png``, one drawing of each of five meta-test
+    characters, and ``queries/<label>.png``, another drawing of each; dark ink on white paper."""
+    family = build_family("glyphs", 0, cache_dir=glyphs_cache)
+    batch = family.sample(torch.Generator().manual_seed(4), "test", tasks=1, ways=5, shots=1, queries=1)
+    support_x, support_y, query_x, query_y = batch.task(0)
+    root = tmp_path_factory.mktemp("drawings")
+    (root / "queries").mkdir()
+    for image, label in zip(support_x, support_y, strict=True):
+        (root / f"{LABELS[int(label)]}.png").write_bytes(base64.b64decode(png(image)))
+    for image, label in zip(query_x, query_y, strict=True):
+        (root / "queries" / f"{LABELS[int(label)]}.png").write_bytes(base64.b64decode(png(image)))
+    return root
+
+
+def run_block(name: str, address: str, cwd: Path) -> str:
+    """Run the README's block ``name`` against the service at ``address``; its standard output."""
+    language, code = marked_blocks()[name]
+    code = code.replace(DOCUMENTED_ADDRESS, address)
+    command = {"bash": ["bash", "-euo", "pipefail", "-c", code], "python": [sys.executable, "-c", code]}
+    done = subprocess.run(
+        command[language], cwd=cwd, capture_output=True, text=True, timeout=RUN_SECONDS, check=False
+    )
+    assert done.returncode == 0, (name, done.stdout, done.stderr)
+    return done.stdout
+
+
+def assert_two_numbers(predictions: Any) -> None:
+    assert isinstance(predictions, list) and len(predictions) == 2, predictions
+    assert all(isinstance(p, float) and math.isfinite(p) for p in predictions), predictions
+
+
+def test_the_readme_marks_its_four_client_examples_for_testing() -> None:
+    assert marked_blocks().keys() == {"sinusoid-python", "sinusoid-curl", "glyphs-python", "glyphs-curl"}
+
+
+def test_the_python_sinusoid_example_prints_two_predictions(address: str, tmp_path: Path) -> None:
+    assert_two_numbers(ast.literal_eval(run_block("sinusoid-python", address, tmp_path)))
+
+
+def test_the_curl_sinusoid_example_adapts_then_predicts_with_the_session(
+    address: str, tmp_path: Path
+) -> None:
+    answer = json.loads(run_block("sinusoid-curl", address, tmp_path))
+    assert answer["model"] == "sinusoid@1" and answer["session_id"], answer
+    assert_two_numbers(answer["predictions"])
+
+
+def test_the_python_glyph_example_recognizes_most_drawings_of_five_characters(
+    address: str, drawings: Path
+) -> None:
+    lines = run_block("glyphs-python", address, drawings).splitlines()
+    assert len(lines) == len(LABELS), lines
+    right = 0
+    for line in lines:
+        file, label, probabilities = line.split(" ", 2)
+        shown = ast.literal_eval(probabilities)
+        assert set(shown) == set(LABELS) and label == max(shown, key=shown.get), line
+        assert sum(shown.values()) == pytest.approx(1, abs=0.01), line
+        right += label == Path(file).stem
+    assert right >= 4, lines
+
+
+def test_the_curl_glyph_example_classifies_a_query_among_the_posted_labels(
+    address: str, drawings: Path
+) -> None:
+    answer = json.loads(run_block("glyphs-curl", address, drawings))
+    assert answer["model"] == "glyphs@1", answer
+    [guess] = answer["predictions"]
+    assert set(guess["probabilities"]) == set(LABELS) and guess["label"] in LABELS, guess
+    assert sum(guess["probabilities"].values()) == pytest.approx(1, abs=1e-5)
+
+
+def test_the_api_table_lists_every_route_of_the_service(tmp_path: Path) -> None:
+    def generic(path: str) -> str:
+        return re.sub(r"\{[^}]*\}", "{}", path)
+
+    documented = {tuple(generic(cell.strip("`")).split(" ", 1)) for cell, _ in table("## The HTTP API")}
+    paths = create_app(Settings(data_dir=tmp_path)).openapi()["paths"]
+    served = {(method.upper(), generic(path)) for path, methods in paths.items() for method in methods}
+    assert documented == served
+
+
+def test_the_configuration_table_lists_every_setting_with_its_default_and_description() -> None:
+    def shown(default: Any) -> str:
+        return "unset" if default is None else f"`{default}`"
+
+    documented = {
+        variable.strip("`"): (default, what) for variable, default, what in table("### Configuration")
+    }
+    assert documented == {
+        f"METASERVE_{name.upper()}": (shown(field.default), field.description)
+        for name, field in Settings.model_fields.items()
+    }
