@@ -1,0 +1,206 @@
+"""Latency of /adapt and /predict over real HTTP on loopback (``metaserve serve`` in a subprocess, one client
+on one persistent connection) beside the engine alone doing the same work in-process, so that the HTTP and
+service overhead shows as the difference. Usage: ``python bench/serve.py --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from app.client import Client  # noqa: E402
+from app.evaluation import load_model  # noqa: E402
+from app.meta import InnerLoop, TaskBatch, adapt  # noqa: E402
+from app.meta.tasks.sinusoid import sinusoid_tasks  # noqa: E402
+from bench.report import commit, table, write  # noqa: E402
+
+MODEL = "sinusoid"
+TARGET_MS = 5.0
+TARGET = f"p50 /adapt ≤ {TARGET_MS:g} ms on this CPU machine"
+READY_SECONDS = 180.0
+STATS = ("p50", "p95", "p99", "mean")
+
+
+def timed(call: Callable[[int], object], warmup: int, calls: int) -> list[float]:
+    """Milliseconds (``time.perf_counter``) of ``call(i)`` for ``i`` past ``warmup`` untimed calls."""
+    samples = []
+    for i in range(warmup + calls):
+        started = time.perf_counter()
+        call(i)
+        samples.append((time.perf_counter() - started) * 1e3)
+    return samples[warmup:]
+
+
+def summary(samples: list[float]) -> dict[str, float]:
+    """Percentiles (inclusive method) and mean of per-call milliseconds."""
+    cuts = statistics.quantiles(samples, n=100, method="inclusive")
+    return {"p50": cuts[49], "p95": cuts[94], "p99": cuts[98], "mean": statistics.fmean(samples)}
+
+
+def free_port() -> int:
+    """A loopback port that nothing listens on now (the server binds it a moment later)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_ready(client: Client, server: subprocess.Popen[bytes], log: Path) -> None:
+    """Poll /health/ready until the models are loaded; fail with the server's log if it exits or hangs."""
+    deadline = time.monotonic() + READY_SECONDS
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"metaserve serve exited with {server.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if client.ready():
+                return
+        except httpx.TransportError:
+            pass  # not listening yet
+        time.sleep(0.2)
+    raise RuntimeError(f"metaserve serve not ready after {READY_SECONDS:g} s:\n{log.read_text()[-3000:]}")
+
+
+def over_http(tasks: TaskBatch, warmup: int, calls: int) -> dict[str, list[float]]:
+    """Per-call milliseconds of /adapt, /predict (last session) and /predict (model) through the client."""
+    xs, ys = tasks.support_x.squeeze(-1).tolist(), tasks.support_y.squeeze(-1).tolist()
+    queries = tasks.query_x.squeeze(-1).tolist()
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="metaserve-bench-") as data_dir:
+        log = Path(data_dir) / "server.log"
+        env = {**os.environ, "METASERVE_DATA_DIR": data_dir, "METASERVE_DEVICE": "cpu"}
+        command = [str(Path(sys.executable).with_name("metaserve")), "serve", "--port", str(port)]
+        with log.open("wb") as sink:
+            server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
+        try:
+            with Client(f"http://127.0.0.1:{port}") as client:
+                wait_ready(client, server, log)
+                sessions: list[str] = []
+                endpoints: dict[str, Callable[[int], object]] = {
+                    "/adapt": lambda i: sessions.append(client.adapt(xs[i], ys[i], model=MODEL).session_id),
+                    "/predict (session)": lambda i: client.predict(queries[i], session_id=sessions[-1]),
+                    "/predict (model)": lambda i: client.predict(queries[i], model=MODEL),
+                }
+                ms = {name: timed(call, warmup, calls) for name, call in endpoints.items()}
+        finally:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+    return ms
+
+
+def in_process(tasks: TaskBatch, warmup: int, calls: int) -> tuple[dict[str, list[float]], InnerLoop]:
+    """Per-call milliseconds of ``adapt`` with the card's inner loop and of ``learner.predict``, no HTTP."""
+    card, learner, params = load_model(ROOT / "models" / MODEL)
+    inner = InnerLoop(card["inner"]["steps"], card["inner"]["lr"], card["inner"]["adapts"])
+    adapted: list[dict[str, torch.Tensor]] = []
+
+    def predict_call(i: int) -> None:
+        with torch.no_grad():
+            learner.predict(adapted[-1], tasks.query_x[i])
+
+    adapt_ms = timed(
+        lambda i: adapted.append(adapt(learner, params, tasks.support_x[i], tasks.support_y[i], inner)),
+        warmup,
+        calls,
+    )
+    return {"adapt": adapt_ms, "predict": timed(predict_call, warmup, calls)}, inner
+
+
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo, or what ``platform`` knows where there is none."""
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text().splitlines() if info.exists() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else platform.processor() or platform.machine()
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    # The same fresh sinusoids (10 support and 10 query points each) for the server and for the engine.
+    tasks = sinusoid_tasks(torch.Generator().manual_seed(0), args.warmup + args.calls, shots=10, queries=10)
+    http = over_http(tasks, args.warmup, args.calls)
+    engine, inner = in_process(tasks, args.warmup, args.calls)
+    pairs = {"/adapt": "adapt", "/predict (session)": "predict", "/predict (model)": "predict"}
+    rows: list[dict[str, Any]] = []
+    for endpoint, work in pairs.items():
+        served, alone = summary(http[endpoint]), summary(engine[work])
+        overhead = {"overhead_p50": served["p50"] - alone["p50"], "ratio_p50": served["p50"] / alone["p50"]}
+        rows.append({"endpoint": endpoint, "http": served, "engine": alone, **overhead})
+    p50 = rows[0]["http"]["p50"]
+    return {
+        "machine": {
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "commit": commit(),
+            "cpu": cpu_name(),
+            "nproc": os.cpu_count(),
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+        },
+        "workload": f"{MODEL}: 10 support points of a fresh sinusoid per /adapt ({inner.steps} inner "
+        f"step{'s' if inner.steps != 1 else ''} of lr {inner.lr}, the card's), 10 query points per /predict; "
+        f"{args.warmup} warm-up and {args.calls} timed calls each, one client, one keep-alive connection "
+        "on loopback",
+        "rows": rows,
+        "target": {"text": TARGET, "p50_adapt_ms": p50, "met": p50 <= TARGET_MS},
+    }
+
+
+def cells(row: dict[str, Any]) -> list[str]:
+    """A table row: the call, its HTTP and engine figures, and the overhead and ratio of the p50s."""
+    http, engine = ([f"{row[side][k]:.3f}" for k in STATS] for side in ("http", "engine"))
+    return [row["endpoint"], *http, *engine, f"{row['overhead_p50']:.3f}", f"{row['ratio_p50']:.1f}x"]
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as Markdown: machine, workload, one row per call, and the target met or not."""
+    info, target = report["machine"], report["target"]
+    header = ["call", *(f"HTTP {k}" for k in STATS), *(f"engine {k}" for k in STATS), "overhead p50", "ratio"]
+    return "\n".join([
+        f"# Serving latency, {info['date']}, commit {info['commit']}",
+        "",
+        f"{info['cpu']}, {info['nproc']} CPUs, torch {info['torch']} ({info['torch_threads']} threads). "
+        f"{report['workload']}. Milliseconds; engine: the same work in-process, no HTTP; overhead and ratio "
+        "compare the p50s.",
+        "",
+        *table(header, [cells(r) for r in report["rows"]]),
+        "",
+        f"Target {target['text']}: {target['p50_adapt_ms']:.3f} ms, "
+        f"{'met' if target['met'] else 'not met'}.",
+        "",
+    ])  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--calls", type=int, default=500, help="timed calls per endpoint")
+    ap.add_argument("--warmup", type=int, default=20, help="untimed calls per endpoint first")
+    ap.add_argument(
+        "--out", type=Path, default=ROOT / "bench" / "results" / "serve-cpu", help="writes OUT.{json,md}"
+    )
+    args = ap.parse_args()
+    if args.calls < 2 or args.warmup < 0:
+        ap.error("--calls must be >= 2 (for percentiles) and --warmup >= 0")
+    report = run(args)
+    write(args.out, report, markdown(report))
+
+
+if __name__ == "__main__":
+    main()
