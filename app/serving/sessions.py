@@ -7,7 +7,7 @@ import builtins
 import math
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -55,20 +55,9 @@ class SessionRecord:
 
     @classmethod
     def of(cls, row: AdaptedSession, model: str) -> SessionRecord:
-        return cls(
-            id=row.id,
-            model=model,
-            steps=row.steps,
-            lr=row.lr,
-            support_size=row.support_size,
-            label_map=row.label_map,
-            loss_before=row.loss_before,
-            loss_after=row.loss_after,
-            adapt_seconds=row.adapt_seconds,
-            created=row.created,
-            last_used=row.last_used,
-            expires=row.expires,
-        )
+        """The record of a ``sessions`` row, whose columns carry the same names."""
+        names = [f.name for f in fields(cls) if f.name != "model"]
+        return cls(model=model, **{name: getattr(row, name) for name in names})
 
 
 class SessionStore:

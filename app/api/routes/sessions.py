@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated
 
 from fastapi import APIRouter, Query, status
@@ -17,19 +18,13 @@ router = APIRouter(prefix="/sessions", tags=["sessions"])
 
 
 def session_view(record: SessionRecord) -> Session:
+    """The API's view of a session: the record's fields, three of them renamed for clients."""
+    values = asdict(record)
     return Session(
-        session_id=record.id,
-        model=record.model,
-        steps=record.steps,
-        lr=record.lr,
-        support_size=record.support_size,
-        labels=record.label_map,
-        loss_before=record.loss_before,
-        loss_after=record.loss_after,
-        adapt_ms=round(record.adapt_seconds * 1000, 3),
-        created=record.created,
-        last_used=record.last_used,
-        expires=record.expires,
+        session_id=values.pop("id"),
+        labels=values.pop("label_map"),
+        adapt_ms=round(values.pop("adapt_seconds") * 1000, 3),
+        **values,
     )
 
 
