@@ -45,6 +45,12 @@ class Settings(BaseSettings):
     session_cache_bytes: int = Field(
         default=256 * MiB, gt=0, description="Device memory for the cache of adapted sessions, in bytes."
     )
+    durable_writes: bool = Field(
+        default=False,
+        description="Fsync every session file and database commit before answering, so that an "
+        "acknowledged session survives a power loss too (about 1 ms more per /adapt). Either way writes are "
+        "atomic and survive any crash of the process.",
+    )
     max_support: int = Field(default=1000, gt=0, description="Most support examples in one adaptation.")
     max_query: int = Field(default=10000, gt=0, description="Most query points in one prediction.")
     max_steps: int = Field(default=100, gt=0, description="Most inner steps one adaptation may ask for.")

@@ -9,21 +9,25 @@ from pathlib import Path
 __all__ = ["write_atomically"]
 
 
-def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write ``data`` through a temporary file in the same directory: fsync it, rename it over ``path``,
-    then fsync the directory so the rename itself survives a power loss. ``mode`` sets the permissions."""
+def write_atomically(path: Path, data: bytes, mode: int = 0o600, durable: bool = True) -> None:
+    """Write ``data`` through a temporary file in the same directory renamed over ``path``, so any crash of
+    the process leaves the old file or the new one. ``durable`` also fsyncs the file before the rename and
+    the directory after it, so the new file survives a power loss too. ``mode`` sets the permissions."""
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
     try:
         with os.fdopen(descriptor, "wb") as handle:
+            os.fchmod(handle.fileno(), mode)
             handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(partial, mode)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(partial, path)
     except BaseException:
         Path(partial).unlink(missing_ok=True)
         raise
+    if not durable:
+        return
     directory = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(directory)

@@ -49,7 +49,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     device = resolve_device(settings.device)
     await to_thread.run_sync(migrate, settings.database_url_resolved)
-    engine = make_engine(settings.database_url_resolved)
+    engine = make_engine(settings.database_url_resolved, settings.durable_writes)
     factory = make_session_factory(engine)
     try:
         registry = await to_thread.run_sync(Registry.open, settings, factory, device)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,20 @@ def leaf_params(learner: Learner, dtype: torch.dtype = torch.float32) -> dict[st
 def meta_params(algorithm: Algorithm, learner: Learner) -> dict[str, Tensor]:
     """The algorithm's meta-parameters for the learner's net, as leaves that take gradients."""
     return {k: v.requires_grad_() for k, v in algorithm.init(leaf_params(learner)).items()}
+
+
+@pytest.fixture
+def fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The file descriptors ``os.fsync`` is called on from now on (it still syncs them)."""
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def counted(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counted)
+    return synced
 
 
 @pytest.fixture

@@ -161,6 +161,15 @@ def test_sqlite_connections_use_wal_foreign_keys_and_a_busy_timeout(engine: Engi
         assert pragma("synchronous") == 1  # NORMAL
 
 
+def test_durable_engines_fsync_every_commit(url: str) -> None:
+    migrate(url)
+    engine = make_engine(url, durable=True)
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    engine.dispose()
+
+
 def test_a_session_for_a_missing_initialization_is_refused(engine: Engine) -> None:
     with make_session_factory(engine)() as db:
         db.add(adapted_session(initialization_id=42))

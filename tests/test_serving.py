@@ -39,6 +39,7 @@ from app.serving import (
     query_tensor,
     support_tensors,
 )
+from app.serving.sessions import TOUCH_AT_MOST
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 CPU = torch.device("cpu")
@@ -104,14 +105,13 @@ def png(image: Tensor | Image.Image) -> str:
 
 
 def glyph_png_tasks(
-    cache_dir: Path, seed: int, tasks: int = 4
+    cache_dir: Path, seed: int, tasks: int = 4, queries: int = 4
 ) -> Iterator[tuple[list[str], list[str], list[str], list[str]]]:
     """5-way 1-shot meta-test glyph tasks as posted: support PNGs, their Greek labels (rotated per task),
-    query PNGs and the labels the queries should get."""
+    query PNGs (``queries`` per class) and the labels the queries should get."""
     family = build_family("glyphs", 0, cache_dir=cache_dir)
-    batch = family.sample(
-        torch.Generator().manual_seed(seed), "test", tasks=tasks, ways=5, shots=1, queries=4
-    )
+    generator = torch.Generator().manual_seed(seed)
+    batch = family.sample(generator, "test", tasks=tasks, ways=5, shots=1, queries=queries)
     for task in range(batch.tasks):
         support_x, support_y, query_x, query_y = batch.task(task)
         names = GREEK[task:] + GREEK[:task]
@@ -255,7 +255,7 @@ def test_a_restarted_store_gives_bit_identical_predictions(
     assert (restarted.cache.hits, restarted.cache.misses) == (0, 1)
     assert (found.id, found.model, found.loss_after, found.created) == (
         record.id, record.model, record.loss_after, record.created)  # fmt: skip
-    assert found.last_used > record.last_used and found.expires - found.last_used == timedelta(days=1)
+    assert found.expires - found.last_used == timedelta(days=1)
 
 
 def test_glyph_sessions_from_pngs_label_queries_with_the_posted_labels(
@@ -356,6 +356,35 @@ def test_expired_sessions_are_refused_then_swept_with_their_files(
     assert list(store.directory.iterdir()) == [] and len(store.cache) == 0
 
 
+@pytest.mark.parametrize(("durable", "count"), [(True, 2), (False, 0)])
+def test_session_files_are_fsynced_when_the_settings_ask_for_durable_writes(
+    settings: Settings,
+    db: sessionmaker[Session],
+    registry: Registry,
+    fsyncs: list[int],
+    durable: bool,
+    count: int,
+) -> None:
+    store = SessionStore(settings.model_copy(update={"durable_writes": durable}), db, registry)
+    record = store.create(registry.get("sinusoid"), *sinusoid(4)[:2])
+    assert len(fsyncs) == count and session_file(settings, record).exists()
+
+
+def test_a_use_is_written_once_the_recorded_one_is_a_second_old(
+    db: sessionmaker[Session], registry: Registry, store: SessionStore
+) -> None:
+    record = store.create(registry.get("sinusoid"), *sinusoid(3)[:2])
+    assert store.get(record.id)[0].last_used == record.last_used, "a use just after another is not written"
+    stale = record.last_used - TOUCH_AT_MOST
+    with db.begin() as session:
+        row = session.get(AdaptedSession, record.id)
+        assert row is not None
+        row.last_used = stale
+    touched = store.get(record.id)[0]
+    assert touched.last_used > record.last_used and touched.expires == touched.last_used + timedelta(days=1)
+    assert store.get(record.id)[0].last_used == touched.last_used
+
+
 def test_session_files_without_a_row_are_swept_once_old_enough(
     settings: Settings, store: SessionStore
 ) -> None:
@@ -428,6 +457,9 @@ BAD_SUPPORT_SETS = {
     "wrong shape": ("sinusoid", [[1.0, 2.0]], [1.0], r"^x\[0\]: expected shape \(1,\), got \(2,\)"),
     "ragged": ("glyphs", [[[0.0] * 28] * 27 + [[0.0]]], ["a"], r"^x\[0\]: nested lists of unequal lengths"),
     "not numbers": ("sinusoid", [1.0, [None]], [1.0, 2.0], r"^x\[1\]: expected numbers only"),
+    "bool input": ("sinusoid", [1.0, True], [1.0, 2.0], r"^x\[1\]: expected a number or nested lists"),
+    "bool pixel": ("glyphs", [[[0.0] * 27 + [False]] * 28], ["a"], r"^x\[0\]: expected numbers only"),
+    "bool target": ("sinusoid", [1.0, 2.0], [[False], 2.0], r"^y\[0\]: expected numbers only"),
     "nan input": ("sinusoid", [1.0, float("nan")], [1.0, 2.0], r"^x\[1\]: holds non-finite values"),
     "inf target": ("sinusoid", [1.0, 2.0], [1.0, float("inf")], r"^y\[1\]: holds non-finite values"),
     "beyond float32": ("sinusoid", [1e39], [1.0], r"^x\[0\]: holds non-finite values"),
@@ -467,6 +499,17 @@ def test_a_bad_support_set_is_refused_naming_the_field_and_writing_nothing(
     with pytest.raises(ValueError, match=message):
         store.create(store.registry.get(model), x, y)
     assert list(store.directory.iterdir()) == []
+
+
+def test_numbers_in_any_accepted_form_give_the_same_tensors(registry: Registry) -> None:
+    sinusoid_model, glyphs_model = registry.get("sinusoid"), registry.get("glyphs")
+    flat = query_tensor(sinusoid_model, [1, 2.5, -3], 20)
+    assert flat.dtype == torch.float32 and flat.tolist() == [[1.0], [2.5], [-3.0]]
+    assert torch.equal(query_tensor(sinusoid_model, [[1], 2.5, [-3.0]], 20), flat)
+    images = [GLYPH, [GLYPH]]  # with and without the channel
+    stacked = query_tensor(glyphs_model, images, 20)
+    assert stacked.shape == (2, 1, 28, 28) and torch.equal(stacked[0], stacked[1])
+    assert torch.equal(query_tensor(glyphs_model, [GLYPH, [GLYPH]][:1] * 2, 20), stacked)
 
 
 def test_an_image_too_large_to_decode_safely_is_refused_before_decoding(registry: Registry) -> None:

@@ -14,19 +14,19 @@ BUSY_TIMEOUT_MS = 5000
 """How long a connection waits for another process's write lock before it fails with 'database is locked'."""
 
 # The busy timeout comes first so that switching to WAL waits for a lock too. WAL lets readers run beside
-# the one writer; NORMAL synchronous stays consistent in WAL mode and may lose only the last commits on power
-# loss; SQLite leaves foreign keys off unless each connection turns them on.
+# the one writer; SQLite leaves foreign keys off unless each connection turns them on.
 _SQLITE_PRAGMAS = (
     f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}",
     "PRAGMA journal_mode=WAL",
     "PRAGMA foreign_keys=ON",
-    "PRAGMA synchronous=NORMAL",
 )
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, durable: bool = False) -> Engine:
     """An engine for ``url``. For a SQLite file, its directory is created and every connection gets WAL,
-    a busy timeout, foreign keys and NORMAL synchronous; other databases are used as the URL says."""
+    a busy timeout and foreign keys. In WAL mode a commit survives any crash of the process; ``durable``
+    (synchronous FULL) also fsyncs every commit so that it survives a power loss, where NORMAL may lose the
+    last ones, though never consistency. Other databases are used as the URL says."""
     parsed = make_url(url)
     engine = create_engine(parsed)
     if parsed.get_backend_name() != "sqlite":
@@ -38,7 +38,7 @@ def make_engine(url: str) -> Engine:
     def _set_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
         try:
-            for pragma in _SQLITE_PRAGMAS:
+            for pragma in (*_SQLITE_PRAGMAS, f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}"):
                 cursor.execute(pragma)
         finally:
             cursor.close()

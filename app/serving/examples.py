@@ -7,6 +7,7 @@ import base64
 import binascii
 import io
 import reprlib
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -40,7 +41,7 @@ def support_tensors(
     if model.kind == "classification":
         classes, label_map = _classes(y, model.ways)
         return inputs, classes.to(model.device), label_map
-    return inputs, _targets(y, model.ways).to(model.device), None
+    return inputs, torch.from_numpy(_stacked(y, (model.ways,), "y", _target)).to(model.device), None
 
 
 def query_tensor(model: LoadedModel, x: list[Any], limit: int) -> Tensor:
@@ -55,8 +56,34 @@ def _inputs(model: LoadedModel, x: list[Any], limit: int) -> Tensor:
         raise ValueError("x: is empty; give at least one example")
     if len(x) > limit:
         raise ValueError(f"x: {len(x)} examples; at most {limit} are allowed")
-    arrays = [_input(value, model.input_shape, f"x[{i}]") for i, value in enumerate(x)]
-    return torch.from_numpy(np.stack(arrays)).to(model.device)
+    return torch.from_numpy(_stacked(x, model.input_shape, "x", _input)).to(model.device)
+
+
+def _stacked(
+    values: list[Any],
+    shape: tuple[int, ...],
+    field: str,
+    one: Callable[[Any, tuple[int, ...], str], np.ndarray],
+) -> np.ndarray:
+    """``values`` as one float32 array ``[len(values), *shape]``. Plain numbers of the right shape take one
+    numpy conversion; anything else goes example by example through ``one``, which names what is wrong."""
+    try:
+        array = None if _holds_bool(values) else np.asarray(values)
+    except ValueError:  # nested lists of unequal lengths
+        array = None
+    if array is not None and array.dtype.kind in "iuf":
+        if shape[0] == 1 and array.shape[1:] == shape[1:]:
+            array = array[:, None]
+        with np.errstate(over="ignore"):
+            array = array.astype(np.float32)
+        if array.shape[1:] == shape and np.isfinite(array).all():
+            return array
+    return np.stack([one(value, shape, f"{field}[{i}]") for i, value in enumerate(values)])
+
+
+def _holds_bool(values: list[Any]) -> bool:
+    """Whether a true or false hides in nested lists, where numpy would read it as a number."""
+    return any(type(v) is bool or (type(v) is list and _holds_bool(v)) for v in values)
 
 
 def _input(value: Any, shape: tuple[int, ...], where: str) -> np.ndarray:
@@ -70,6 +97,8 @@ def _numbers(value: Any, where: str) -> np.ndarray:
     """A number or nested lists of numbers as finite float32."""
     if isinstance(value, bool) or not isinstance(value, int | float | list):
         raise ValueError(f"{where}: expected a number or nested lists of numbers; got {type(value).__name__}")
+    if isinstance(value, list) and _holds_bool(value):
+        raise ValueError(f"{where}: expected numbers only; found true or false")
     try:
         array = np.asarray(value)
     except ValueError:
@@ -136,13 +165,9 @@ def _classes(y: list[Any], ways: int) -> tuple[Tensor, list[Label]]:
     return torch.tensor([index[label] for label in y], dtype=torch.int64), list(index)
 
 
-def _targets(y: list[Any], outputs: int) -> Tensor:
-    rows = []
-    for i, target in enumerate(y):
-        where = f"y[{i}]"
-        if isinstance(target, str):
-            raise ValueError(
-                f"{where}: this model is a regressor; a target must be a number, got {reprlib.repr(target)}"
-            )
-        rows.append(_shaped(_numbers(target, where), (outputs,), where))
-    return torch.from_numpy(np.stack(rows))
+def _target(value: Any, shape: tuple[int, ...], where: str) -> np.ndarray:
+    if isinstance(value, str):
+        raise ValueError(
+            f"{where}: this model is a regressor; a target must be a number, got {reprlib.repr(value)}"
+        )
+    return _shaped(_numbers(value, where), shape, where)

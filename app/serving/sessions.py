@@ -4,9 +4,11 @@ safetensors file under the data directory, the metadata in the database, recent 
 from __future__ import annotations
 
 import builtins
+import functools
 import math
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -14,7 +16,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save
-from sqlalchemy import Select, delete, select
+from sqlalchemy import Select, delete, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
@@ -34,6 +36,8 @@ MAX_PAGE_SIZE = 1000
 QUERY_CHUNK = 500
 ORPHAN_MIN_AGE_SECONDS = 600.0
 """A session's file is written just before its row: a younger file without a row may be one in the making."""
+TOUCH_AT_MOST = timedelta(seconds=1)
+"""How stale a session's recorded last use may grow before a use is written."""
 
 
 @dataclass(frozen=True)
@@ -54,10 +58,11 @@ class SessionRecord:
     expires: datetime
 
     @classmethod
-    def of(cls, row: AdaptedSession, model: str) -> SessionRecord:
-        """The record of a ``sessions`` row, whose columns carry the same names."""
-        names = [f.name for f in fields(cls) if f.name != "model"]
-        return cls(model=model, **{name: getattr(row, name) for name in names})
+    def of(cls, row: AdaptedSession | Mapping[str, Any], model: str) -> SessionRecord:
+        """The record of a ``sessions`` row (an ORM object or its column values), whose columns carry the
+        same names."""
+        value = row.__getitem__ if isinstance(row, Mapping) else functools.partial(getattr, row)
+        return cls(model=model, **{f.name: value(f.name) for f in fields(cls) if f.name != "model"})
 
 
 class SessionStore:
@@ -76,6 +81,7 @@ class SessionStore:
         self.cache = ParamsCache(settings.session_cache_bytes)
         self._db = session_factory
         self._ttl = timedelta(seconds=settings.session_ttl_seconds)
+        self._touch = min(self._ttl / 100, TOUCH_AT_MOST)
 
     def create(
         self,
@@ -108,28 +114,28 @@ class SessionStore:
         changed = {k: v.detach() for k, v in adapted.items() if inner.adapted(k)}
         session_id = secrets.token_urlsafe(32)
         path = f"{SESSIONS}/{session_id}.safetensors"
-        write_atomically(
-            self.settings.data_dir / path, save({k: v.cpu().contiguous() for k, v in changed.items()})
-        )
+        tensors = save({k: v.cpu().contiguous() for k, v in changed.items()})
+        write_atomically(self.settings.data_dir / path, tensors, durable=self.settings.durable_writes)
         now = utc_now()
-        row = AdaptedSession(
-            id=session_id,
-            initialization_id=model.id,
-            steps=steps,
-            lr=lr,
-            support_size=len(support_x),
-            label_map=label_map,
-            loss_before=before,
-            loss_after=after,
-            adapt_seconds=seconds,
-            created=now,
-            last_used=now,
-            expires=now + self._ttl,
-            path=path,
-        )
+        row = {
+            "id": session_id,
+            "initialization_id": model.id,
+            "steps": steps,
+            "lr": lr,
+            "support_size": len(support_x),
+            "label_map": label_map,
+            "loss_before": before,
+            "loss_after": after,
+            "adapt_seconds": seconds,
+            "created": now,
+            "last_used": now,
+            "expires": now + self._ttl,
+            "path": path,
+        }
         try:
+            # A Core insert: a third of the ORM's unit-of-work cost, on the busiest write of the service.
             with self._db.begin() as db:
-                db.add(row)
+                db.connection().execute(_INSERT, row)
         except BaseException:
             (self.settings.data_dir / path).unlink(missing_ok=True)
             raise
@@ -137,14 +143,17 @@ class SessionStore:
         return SessionRecord.of(row, model.ref)
 
     def get(self, session_id: str) -> tuple[SessionRecord, Params]:
-        """The session and its parameters (its tensors over the initialization's); counts as a use."""
+        """The session and its parameters (its tensors over the initialization's); counts as a use, which is
+        written when the last one recorded is older than 1% of the TTL or ``TOUCH_AT_MOST``, so that a busy
+        session costs a read, not a write, per request."""
         now = utc_now()
         with self._db.begin() as db:
             found = db.execute(_with_model().where(AdaptedSession.id == session_id)).one_or_none()
             if found is None or found[0].expires <= now:
                 raise NotFound(f"no session {session_id!r}: unknown, deleted or expired")
             row, name, version = found
-            row.last_used, row.expires = now, now + self._ttl
+            if now - row.last_used >= self._touch:
+                row.last_used, row.expires = now, now + self._ttl
             record, path = SessionRecord.of(row, f"{name}@{version}"), row.path
         try:
             model = self.registry.get(record.model)
@@ -231,6 +240,9 @@ class SessionStore:
     def _forget(self, session_id: str, path: str) -> None:
         (self.settings.data_dir / path).unlink(missing_ok=True)
         self.cache.discard(session_id)
+
+
+_INSERT = insert(AdaptedSession)
 
 
 def _with_model() -> Select[AdaptedSession, str, int]:
