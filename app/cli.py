@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -14,9 +13,10 @@ from tqdm import tqdm
 
 from app.checkpoint import load_card, save_card
 from app.config import get_settings
-from app.evaluation import Protocol, evaluate_model
+from app.evaluation import card_protocol, evaluate_model, record
 from app.main import create_app
 from app.meta import Estimate
+from app.meta.distributed import init_from_env
 from app.meta.train import Progress
 from app.training import TrainSpec, Validation, train
 
@@ -81,7 +81,7 @@ def train_command(
         "data/cache"
     ),
 ) -> None:
-    """Meta-train an initialization, validating and checkpointing as it goes."""
+    """Meta-train an initialization, validating and checkpointing as it goes (also under torchrun)."""
     options: dict[str, Any] = dict(
         family=family, data=data, algorithm=algo, net=net, hidden=hidden, ways=ways, shots=shots,
         queries=queries, meta_batch=meta_batch, iterations=iterations, inner_steps=inner_steps,
@@ -89,7 +89,8 @@ def train_command(
         val_tasks=val_tasks, checkpoint_every=checkpoint_every,
     )  # fmt: skip
     spec = _checked(lambda: TrainSpec(**options))
-    bar = tqdm(total=spec.iterations, desc=out.name, unit="it", dynamic_ncols=True)
+    leader = init_from_env().rank == 0
+    bar = tqdm(total=spec.iterations, desc=out.name, unit="it", dynamic_ncols=True, disable=not leader)
     figures: dict[str, str] = {}
 
     def on_progress(progress: Progress, validation: Validation | None) -> None:
@@ -105,9 +106,10 @@ def train_command(
 
     card = _checked(lambda: train(spec, out, out.name, resume, device, cache_dir, on_progress))
     bar.close()
-    typer.echo(
-        f"saved {out} (sha256 {card['sha256'][:12]}…) after {card['training']['iteration']} iterations"
-    )
+    if leader:
+        typer.echo(
+            f"saved {out} (sha256 {card['sha256'][:12]}…) after {card['training']['iteration']} iterations"
+        )
 
 
 @app.command("eval")
@@ -122,33 +124,21 @@ def eval_command(
         int | None, typer.Option(help="Query examples per class (default 15), or per task (default 100).")
     ] = None,
     split: str = "test",
-    record: Annotated[bool, typer.Option(help="Write the figures into the model card.")] = False,
+    record_figures: Annotated[
+        bool, typer.Option("--record", help="Write the figures into the model card.")
+    ] = False,
     cache_dir: Path = Path("data/cache"),
 ) -> None:
     """Evaluate an initialization on held-out tasks (mean ± 95% CI) beside the baselines."""
     card = _checked(lambda: load_card(model))
-    classification = card["family"]["kind"] == "classification"
-    protocol = _checked(
-        lambda: Protocol(
-            ways=(card["net"]["ways"] if classification else 1) if ways is None else ways,
-            shots=card["training"]["spec"]["shots"] if shots is None else shots,
-            steps=card["inner"]["steps"] if steps is None else steps,
-            lr=card["inner"]["lr"] if lr is None else lr,
-            tasks=tasks,
-            queries=(15 if classification else 100) if queries is None else queries,
-            split=split,
-        )
-    )
+    protocol = _checked(lambda: card_protocol(card, shots, steps, lr, tasks, ways, queries, split))
     results = _checked(lambda: evaluate_model(model, protocol, cache_dir))
     typer.echo(f"{model.name}: {protocol.describe()}")
     for method, metrics in results.items():
         shown = ", ".join(f"{metric} {_shown(e, metric)}" for metric, e in metrics.items())
         typer.echo(f"  {method:<24} {shown}")
-    if record:
-        card["metrics"][protocol.key] = {
-            "protocol": asdict(protocol),
-            **{method: {m: asdict(e) for m, e in metrics.items()} for method, metrics in results.items()},
-        }
+    if record_figures:
+        record(card, protocol, results)
         save_card(model, card)
         typer.echo(f"recorded in {model / 'card.json'} under {protocol.key!r}")
 

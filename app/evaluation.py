@@ -4,7 +4,8 @@ nearest-neighbour. ``metaserve eval`` prints it; the figures go into the model c
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from app.meta.tasks.family import held_out_batches
 from app.meta.tasks.pools import SPLITS
 from app.training import build_learner
 
-__all__ = ["Protocol", "evaluate_model", "load_model", "nearest_neighbour"]
+__all__ = ["Protocol", "card_protocol", "evaluate_model", "load_model", "nearest_neighbour", "record"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,38 @@ class Protocol:
             f"{self.tasks} meta-{self.split} tasks, {task}, {self.queries} {queries}, "
             f"{self.steps} {steps} of lr {self.lr}"
         )
+
+
+def card_protocol(
+    card: Mapping[str, Any],
+    shots: int | None = None,
+    steps: int | None = None,
+    lr: float | None = None,
+    tasks: int = 600,
+    ways: int | None = None,
+    queries: int | None = None,
+    split: str = "test",
+) -> Protocol:
+    """The protocol a model card implies (its head's ways, trained shots, inner steps and lr; 15 queries a
+    class or 100 points a task), with any of them overridden."""
+    classification = card["family"]["kind"] == "classification"
+    return Protocol(
+        ways=(card["net"]["ways"] if classification else 1) if ways is None else ways,
+        shots=card["training"]["spec"]["shots"] if shots is None else shots,
+        steps=card["inner"]["steps"] if steps is None else steps,
+        lr=card["inner"]["lr"] if lr is None else lr,
+        tasks=tasks,
+        queries=(15 if classification else 100) if queries is None else queries,
+        split=split,
+    )
+
+
+def record(card: dict[str, Any], protocol: Protocol, results: Mapping[str, Mapping[str, Estimate]]) -> None:
+    """Write ``evaluate_model``'s figures into ``card["metrics"]`` under the protocol's key."""
+    card["metrics"][protocol.key] = {
+        "protocol": asdict(protocol),
+        **{method: {m: asdict(e) for m, e in metrics.items()} for method, metrics in results.items()},
+    }
 
 
 def load_model(directory: Path) -> tuple[dict[str, Any], Learner, dict[str, Tensor]]:

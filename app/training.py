@@ -1,5 +1,6 @@
 """A training recipe end to end: the spec, the net and algorithm it names, periodic validation,
-checkpoints with a model card, and resuming a run exactly. ``metaserve train`` and jobs call ``train``."""
+checkpoints with a model card, and resuming a run exactly. ``metaserve train`` and jobs call ``train``,
+in one process or in each process that torchrun starts (rank 0 validates and writes, all ranks train)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from app.checkpoint import (
 )
 from app.families.registry import build_family
 from app.meta import Algorithm, InnerLoop, Learner, Params, build_algorithm, build_net, evaluate
+from app.meta.distributed import barrier, init_from_env, rank_device
 from app.meta.nets import MetaNet
 from app.meta.tasks.family import Family, held_out_batches
 from app.meta.train import Progress, meta_train
@@ -140,8 +142,12 @@ def train(
     """Train per ``spec`` into ``out`` (weights, card, training state); returns the final card.
 
     With ``resume`` the run continues from the training state in ``out`` (same spec, or more iterations)
-    and ends exactly where the uninterrupted run would."""
-    where = resolve_device(device)
+    and ends exactly where the uninterrupted run would. Under torchrun every rank calls it with the same
+    arguments and ``out`` on storage they all see: they resume from the same checkpoint and train together,
+    and only rank 0 validates, writes and calls ``on_progress``."""
+    ranks = init_from_env()
+    leader = ranks.rank == 0
+    where = rank_device(resolve_device(device), ranks)
     family = build_family(spec.family, spec.seed, Path(spec.data) if spec.data else None, cache_dir)
     torch.manual_seed(spec.seed)
     net = build_net(net_config(spec, family))
@@ -184,6 +190,7 @@ def train(
                 "complete": progress.iteration == spec.iterations,
                 "seconds": round(earlier_seconds + time.monotonic() - started, 1),
                 "device": str(where),
+                "world_size": ranks.world_size,
                 "torch": torch.__version__,
                 "history": history,
             },
@@ -219,7 +226,7 @@ def train(
         if on_progress is not None:
             on_progress(progress, validation)
 
-    if not resume:
+    if not resume and leader:
         validate(0, params, None)  # where the curve starts: the untrained initialization
     meta_train(
         algorithm,
@@ -229,7 +236,8 @@ def train(
         spec.iterations,
         spec.outer_lr,
         spec.seed,
-        on_iteration,
+        on_iteration if leader else None,
         restore,
     )
+    barrier()  # the other ranks read the card only once rank 0 has written it
     return load_card(out)

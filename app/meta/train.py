@@ -1,7 +1,8 @@
 """The meta-training loop: sample a task batch, take the algorithm's meta-gradients, step the optimizer.
 
 A run's whole state is its meta-parameters, the optimizer and the task sampler's generator; callers
-checkpoint it from ``on_iteration`` and hand it back through ``resume`` to continue exactly.
+checkpoint it from ``on_iteration`` and hand it back through ``resume`` to continue exactly. Under torchrun
+the ranks share each batch and step identically (``distributed.py``).
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-from app.meta.algorithms import Algorithm
+from app.meta.algorithms import Algorithm, Reptile
 from app.meta.batch import TaskBatch
+from app.meta.distributed import all_reduce_mean, broadcast_from_leader, current_ranks, share
 from app.meta.functional import Learner, Params
 
 __all__ = ["Progress", "meta_train"]
@@ -46,10 +48,16 @@ def meta_train(
     ``sample`` draws a batch from the generator seeded with ``seed``, so a run is reproducible.
     ``resume(optimizer, generator)`` restores a saved state into both and returns the iteration it was
     saved at (``params`` must then be the meta-parameters saved with it); training continues from there.
+    In a process group every rank draws the same batch, computes its share, and all ranks step on the
+    whole batch's mean: the run equals the one-process run and leaves every rank with the same parameters.
     """
     if iterations < 0:
         raise ValueError(f"iterations must be >= 0; got {iterations}")
+    ranks = current_ranks()
+    if ranks.world_size > 1 and isinstance(algorithm, Reptile) and algorithm.serial:
+        raise ValueError("serial Reptile adapts tasks in turn, so ranks cannot share a batch: use batched")
     meta = {k: v.detach().clone().requires_grad_() for k, v in params.items()}
+    broadcast_from_leader(meta)
     optimizer = algorithm.optimizer(list(meta.values()), outer_lr)
     generator = torch.Generator().manual_seed(seed)
     start = resume(optimizer, generator) if resume is not None else 0
@@ -57,8 +65,10 @@ def meta_train(
         raise ValueError(f"cannot resume at iteration {start} of a run of {iterations}")
     device = next(iter(meta.values())).device
     for iteration in range(start + 1, iterations + 1):
-        batch = sample(generator).to(device)
-        grads, loss = algorithm.meta_gradients(learner, meta, batch)
+        batch = sample(generator)
+        mine = share(batch, ranks)
+        grads, loss = algorithm.meta_gradients(learner, meta, mine.to(device))
+        grads, loss = all_reduce_mean(grads, loss, mine.tasks / batch.tasks)
         value = float(loss)
         if not math.isfinite(value):
             # Stop before a non-finite step poisons the meta-parameters; the last checkpoint stays good.
