@@ -61,6 +61,24 @@ class Settings(BaseSettings):
         description="Largest inner learning rate one adaptation may ask for.",
     )
     max_body_bytes: int = Field(default=16 * MiB, gt=0, description="Largest HTTP request body, in bytes.")
+    max_jobs: int = Field(default=1, ge=1, description="Meta-training jobs that run at once; others queue.")
+    job_stale_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description="A running job whose worker has not reported for this long is requeued, to resume "
+        "from its last checkpoint.",
+    )
+    max_upload_bytes: int = Field(
+        default=512 * MiB,
+        gt=0,
+        description="Largest dataset upload (POST /datasets), in bytes, enforced while it streams in; other "
+        "requests keep the body limit.",
+    )
+    max_unpacked_bytes: int = Field(
+        default=2048 * MiB,
+        gt=0,
+        description="Most bytes an uploaded archive (a zip of images, an npz) may unpack to.",
+    )
 
     @property
     def database_url_resolved(self) -> str:

@@ -73,11 +73,11 @@ def card_protocol(
     queries: int | None = None,
     split: str = "test",
 ) -> Protocol:
-    """The protocol a model card implies (its head's ways, trained shots, inner steps and lr; 15 queries a
+    """The protocol a model card implies (its trained ways and shots, inner steps and lr; 15 queries a
     class or 100 points a task), with any of them overridden."""
     classification = card["family"]["kind"] == "classification"
     return Protocol(
-        ways=(card["net"]["ways"] if classification else 1) if ways is None else ways,
+        ways=(card["training"]["spec"]["ways"] if classification else 1) if ways is None else ways,
         shots=card["training"]["spec"]["shots"] if shots is None else shots,
         steps=card["inner"]["steps"] if steps is None else steps,
         lr=card["inner"]["lr"] if lr is None else lr,

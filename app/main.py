@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from anyio import to_thread
@@ -13,10 +13,13 @@ from fastapi import FastAPI
 
 import app as package
 from app.api.errors import install_error_handlers
-from app.api.routes import api_router
+from app.api.routes import api_router, datasets
 from app.config import Settings, get_settings
+from app.datasets import DatasetStore
 from app.db.engine import make_engine, make_session_factory
 from app.db.migrate import migrate
+from app.jobs.runner import POLL_SECONDS, JobRunner
+from app.jobs.store import JobStore
 from app.serving import Registry, SessionStore
 from app.training import resolve_device
 
@@ -41,6 +44,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings, app.state.ready = settings, False
     install_error_handlers(app)
     app.include_router(api_router)
+    # Uploads stream in under a limit of their own; every other route keeps max_body_bytes.
+    app.include_router(datasets.router, max_body_size=datasets.body_limit(settings))
     return app
 
 
@@ -57,25 +62,31 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         swept = await to_thread.run_sync(store.sweep_expired), await to_thread.run_sync(store.sweep_orphans)
         logger.info("swept %d expired sessions and %d orphan files", *swept)
         app.state.registry, app.state.store = registry, store
-        sweeper = asyncio.create_task(_sweep(store))
+        app.state.datasets = DatasetStore(settings, factory)
+        app.state.jobs = JobStore(factory)
+        runner = JobRunner(settings, app.state.jobs, registry)
+        loops = [
+            asyncio.create_task(_repeat(SWEEP_SECONDS, store.sweep_expired, "sweeping expired sessions")),
+            asyncio.create_task(_repeat(POLL_SECONDS, runner.tick, "running jobs")),
+        ]
         app.state.ready = True
         try:
             yield
         finally:
             app.state.ready = False
-            sweeper.cancel()
-            await asyncio.gather(sweeper, return_exceptions=True)
+            for loop in loops:
+                loop.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+            await to_thread.run_sync(runner.stop)
     finally:
         engine.dispose()
 
 
-async def _sweep(store: SessionStore) -> None:
-    """Delete expired sessions every ``SWEEP_SECONDS``; a failed sweep is logged and tried again later."""
+async def _repeat(seconds: float, work: Callable[[], object], what: str) -> None:
+    """Run ``work`` in a thread every ``seconds``; a failure is logged and the next round tries again."""
     while True:
-        await asyncio.sleep(SWEEP_SECONDS)
+        await asyncio.sleep(seconds)
         try:
-            swept = await to_thread.run_sync(store.sweep_expired)
+            await to_thread.run_sync(work)
         except Exception:
-            logger.exception("sweeping expired sessions failed; trying again in %s s", SWEEP_SECONDS)
-        else:
-            logger.info("swept %d expired sessions", swept)
+            logger.exception("%s failed; trying again in %s s", what, seconds)

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
 import torch.nn.functional as F
+from fastapi import FastAPI
 from PIL import Image, ImageDraw
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from app.client import AsyncClient
 from app.meta import Algorithm, Learner, TaskBatch, build_net
 from app.meta.tasks.noise_images import noise_image_tasks
 from app.meta.tasks.sinusoid import sinusoid_tasks
@@ -150,3 +154,26 @@ def write_dataset(root: Path, classes: list[str], per_class: int = 3) -> Path:
         for variant in range(per_class):
             drawing(index % 20, variant).save(root / name / f"{variant}.png")
     return root
+
+
+# The HTTP API through its ASGI app, for test modules that define a ``service`` fixture (a started app).
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def http_to(app: FastAPI) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://metaserve")
+
+
+@pytest.fixture
+async def http(service: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with http_to(service) as client:
+        yield client
+
+
+@pytest.fixture
+def client(http: httpx.AsyncClient) -> AsyncClient:
+    return AsyncClient(http=http)

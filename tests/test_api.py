@@ -18,15 +18,11 @@ from app.api.schemas import Classification, Prediction
 from app.client import AsyncClient, MetaserveError
 from app.config import Settings
 from app.main import create_app
+from tests.conftest import http_to
 from tests.test_serving import GREEK, glyph_png_tasks, sinusoid, strokes
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @pytest.fixture(scope="module")
@@ -35,21 +31,6 @@ async def service(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Fas
     app = create_app(Settings(data_dir=tmp_path_factory.mktemp("data"), models_dir=MODELS))
     async with app.router.lifespan_context(app):
         yield app
-
-
-def http_to(app: FastAPI) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://metaserve")
-
-
-@pytest.fixture
-async def http(service: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with http_to(service) as client:
-        yield client
-
-
-@pytest.fixture
-def client(http: httpx.AsyncClient) -> AsyncClient:
-    return AsyncClient(http=http)
 
 
 def classifications(prediction: Prediction) -> list[Classification]:
@@ -139,7 +120,7 @@ async def test_models_are_listed_with_their_cards_and_metrics(client: AsyncClien
     models = {m.ref: m for m in await client.models()}
     assert {"sinusoid@1", "glyphs@1"} <= set(models)
     sine, glyphs = models["sinusoid@1"], models["glyphs@1"]
-    assert sine.default and not glyphs.default
+    assert sine.default and glyphs.default, "each name's only version is its default"
     assert (sine.kind, sine.ways, sine.input_shape, sine.algorithm) == ("regression", 1, [1], "maml")
     assert (glyphs.kind, glyphs.ways, glyphs.input_shape, glyphs.inner.adapts) == (
         "classification", 5, [1, 28, 28], "head")  # fmt: skip

@@ -9,7 +9,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -32,14 +32,17 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(data_dir: Path, port: int, log: Path) -> Iterator[Client]:
-    """``metaserve serve`` on ``port`` until it is ready; stopped with SIGTERM on leaving, which must end it
-    cleanly (uvicorn shuts down, then dies of the signal it caught, as the signal's sender expects)."""
+def server_process(
+    data_dir: Path, port: int, log: Path, environment: Mapping[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen[bytes], Client]]:
+    """``metaserve serve`` on ``port``, with ``environment`` added, once it is ready; killed on leaving if
+    it still runs."""
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
         "METASERVE_DATA_DIR": str(data_dir),
         "METASERVE_MODELS_DIR": str(MODELS),
+        **(environment or {}),
     }
     with log.open("ab") as output:
         process = subprocess.Popen(
@@ -52,7 +55,21 @@ def serving(data_dir: Path, port: int, log: Path) -> Iterator[Client]:
                 assert process.poll() is None, log.read_text()
                 assert time.monotonic() < deadline, log.read_text()
                 time.sleep(0.2)
-            yield client
+            yield process, client
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+@contextmanager
+def serving(
+    data_dir: Path, port: int, log: Path, environment: Mapping[str, str] | None = None
+) -> Iterator[Client]:
+    """``server_process``, stopped with SIGTERM on leaving, which must end it cleanly (uvicorn shuts down,
+    then dies of the signal it caught, as the signal's sender expects)."""
+    with server_process(data_dir, port, log, environment) as (process, client):
+        yield client
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) in (0, -signal.SIGTERM), log.read_text()
         assert (
@@ -60,10 +77,6 @@ def serving(data_dir: Path, port: int, log: Path) -> Iterator[Client]:
             .rstrip()
             .endswith(f"Application shutdown complete.\nINFO:     Finished server process [{process.pid}]")
         ), log.read_text()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
 
 def _ready(client: Client) -> bool:

@@ -158,7 +158,7 @@ def test_the_registry_serves_finished_models_and_skips_unfinished_or_corrupt_one
     assert len(warnings) == 2
     assert "corrupt" in warnings[0] and "sha256 differs" in warnings[0]
     assert "unfinished" in warnings[1] and "training is not complete" in warnings[1]
-    assert rows(db) == {("glyphs", 1, False), ("sinusoid", 1, True)}
+    assert rows(db) == {("glyphs", 1, True), ("sinusoid", 1, True)}
 
     sine, glyphs = registry.get("sinusoid"), registry.get("glyphs")
     assert (sine.kind, sine.ways, sine.input_shape, sine.inner) == ("regression", 1, (1,), InnerLoop(1, 0.01))
@@ -178,14 +178,46 @@ def test_models_resolve_by_name_by_name_at_version_and_by_default(
     assert registry.get(None).ref == registry.get("sinusoid").ref == "sinusoid@2"
     assert registry.get("sinusoid@1").version == 1
     assert registry.get("glyphs").ref == registry.get("glyphs@1").ref == "glyphs@1"
-    assert rows(db) == {("glyphs", 1, False), ("sinusoid", 1, False), ("sinusoid", 2, True)}
+    assert rows(db) == {("glyphs", 1, True), ("sinusoid", 1, False), ("sinusoid", 2, True)}
     ids = {m.ref: m.id for m in registry.models}
 
     pinned = Registry.open(settings.model_copy(update={"default_model": "sinusoid@1"}), db, CPU)
     assert pinned.get(None).ref == pinned.get("sinusoid").ref == "sinusoid@1"
     assert pinned.get("sinusoid@2").version == 2
-    assert rows(db) == {("glyphs", 1, False), ("sinusoid", 1, True), ("sinusoid", 2, False)}
+    assert rows(db) == {("glyphs", 1, True), ("sinusoid", 1, True), ("sinusoid", 2, False)}
     assert {m.ref: m.id for m in pinned.models} == ids, "reopening updates the rows in place"
+    assert Registry.open(settings, db, CPU).get("sinusoid").ref == "sinusoid@1", "the default is kept"
+
+
+def test_a_promotion_reaches_every_registry_and_a_version_that_fails_to_verify_is_never_served(
+    settings: Settings, db: sessionmaker[Session], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    first, second = Registry.open(settings, db, CPU), Registry.open(settings, db, CPU)
+    published = copy_model("sinusoid", tmp_path / "published", version=2)
+    corrupt = copy_model("sinusoid", tmp_path / "corrupt", version=3)
+    (corrupt / "weights.safetensors").write_bytes(b"not the weights")
+    model = first.get("sinusoid")
+    with db.begin() as session:
+        for directory, version in ((published, 2), (corrupt, 3)):
+            card = json.loads((directory / "card.json").read_text())
+            fields = {"algorithm": "maml", "family": "sinusoid", "net": card["net"], "sha256": card["sha256"]}
+            session.add(
+                Initialization(name="sinusoid", version=version, card=card, path=str(directory), **fields)
+            )
+    with caplog.at_level(logging.WARNING, logger="app.serving.registry"):
+        assert [m.ref for m in first.sync()] == ["sinusoid@2"]
+        assert first.sync() == [], "a version that failed is not tried again"
+    assert sum("sha256 differs" in r.getMessage() for r in caplog.records) == 1
+    assert first.get("sinusoid") is model, "a published version waits to be promoted"
+    with pytest.raises(NotFound):
+        first.promote("sinusoid", 3)
+
+    first.promote("sinusoid", 2)
+    assert first.get("sinusoid").ref == first.get(None).ref == "sinusoid@2"
+    assert second.get("sinusoid").ref == "sinusoid@1"
+    second.sync()
+    assert second.get("sinusoid").ref == "sinusoid@2", "another process takes up the promotion"
+    assert rows(db) >= {("sinusoid", 1, False), ("sinusoid", 2, True), ("sinusoid", 3, False)}
 
 
 @pytest.mark.parametrize("ref", ["sine", "sinusoid@2", "sinusoid@latest", "glyphs@", "@1"])

@@ -1,16 +1,20 @@
-"""Dependencies of the routes as ``Annotated`` aliases: the settings, the loaded models and the sessions."""
+"""Dependencies of the routes as ``Annotated`` aliases: the settings, the loaded models, the sessions, the
+datasets and the jobs."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
 from starlette.datastructures import State
 
 from app.config import Settings
+from app.datasets import DatasetStore
+from app.jobs.store import JobStore
 from app.serving import Registry, SessionStore
 
-__all__ = ["RegistryDep", "SettingsDep", "StoreDep", "ready"]
+__all__ = ["DatasetStoreDep", "JobStoreDep", "RegistryDep", "SettingsDep", "StoreDep", "ready"]
 
 
 def ready(request: Request) -> bool:
@@ -30,16 +34,17 @@ def _serving(request: Request) -> State:
     return request.app.state
 
 
-async def _registry(request: Request) -> Registry:
-    registry: Registry = _serving(request).registry
-    return registry
+def _served(name: str) -> Callable[[Request], Awaitable[Any]]:
+    """A dependency that gives ``app.state.<name>`` once the service is ready, and a 503 before."""
 
+    async def dependency(request: Request) -> Any:
+        return getattr(_serving(request), name)
 
-async def _store(request: Request) -> SessionStore:
-    store: SessionStore = _serving(request).store
-    return store
+    return dependency
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
-RegistryDep = Annotated[Registry, Depends(_registry)]
-StoreDep = Annotated[SessionStore, Depends(_store)]
+RegistryDep = Annotated[Registry, Depends(_served("registry"))]
+StoreDep = Annotated[SessionStore, Depends(_served("store"))]
+DatasetStoreDep = Annotated[DatasetStore, Depends(_served("datasets"))]
+JobStoreDep = Annotated[JobStore, Depends(_served("jobs"))]

@@ -1,5 +1,5 @@
 """How the serving layer's errors reach a client: a ``ValueError`` becomes a 422 shaped like FastAPI's own
-validation errors, with the field it names in ``loc``; ``NotFound`` becomes a 404."""
+validation errors, with the field it names in ``loc``; ``NotFound`` becomes a 404 and ``Conflict`` a 409."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from app.serving import NotFound
+from app.serving import Conflict, NotFound
 
 __all__ = ["install_error_handlers", "invalid_fields"]
 
@@ -41,5 +41,10 @@ def _not_found(request: Request, error: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(error)}, status_code=status.HTTP_404_NOT_FOUND)
 
 
+def _conflict(request: Request, error: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(error)}, status_code=status.HTTP_409_CONFLICT)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(NotFound, _not_found)
+    app.add_exception_handler(Conflict, _conflict)

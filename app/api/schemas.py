@@ -11,17 +11,25 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.json_schema import JsonDict
 
+from app.jobs.spec import JobSpec
+
 __all__ = [
     "AdaptRequest",
     "Classification",
+    "Dataset",
     "Health",
     "Inner",
+    "Job",
+    "JobMetric",
+    "JobPage",
+    "JobSpec",
     "Label",
     "ModelDetail",
     "ModelSummary",
     "ModelVersion",
     "PredictRequest",
     "Prediction",
+    "Promote",
     "Session",
     "SessionPage",
     "Support",
@@ -137,7 +145,10 @@ class ModelSummary(BaseModel):
     name: str
     version: int
     ref: str = Field(description="`name@version`.")
-    default: bool = Field(description="Whether requests that name no model get this one.")
+    default: bool = Field(
+        description="Whether requests that give this name without a version get this version (see POST "
+        "/models/{name}/promote); requests that name no model get the default model's default version."
+    )
     algorithm: str
     family: str
     kind: Literal["regression", "classification"]
@@ -158,6 +169,90 @@ class ModelDetail(BaseModel):
 
     name: str
     versions: list[ModelVersion]
+
+
+DATASET_EXAMPLE: JsonDict = {
+    "dataset_id": "Xq3vJ9kR2mWb7tLs0aYc4g",
+    "name": "omniglot-background",
+    "kind": "classification",
+    "format": "zip",
+    "size_bytes": 9464212,
+    "examples": 19280,
+    "classes": 964,
+    "details": {
+        "family": "folder",
+        "input_shape": [1, 28, 28],
+        "checked": {"seed": 0, "ways": 5, "shots": 1, "queries": 1},
+        "classes": {"train": 680, "val": 96, "test": 188},
+        "source": "omniglot-background",
+        "layout": "alphabet/character",
+        "examples": 19280,
+        "image_size": 28,
+    },
+    "created": "2026-11-30T09:12:44Z",
+}
+
+
+class Dataset(BaseModel):
+    """An uploaded dataset, checked by building its task family as meta-training will."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [DATASET_EXAMPLE]})
+
+    dataset_id: str
+    name: str
+    kind: Literal["regression", "classification"]
+    format: str = Field(description="npz, csv or zip.")
+    size_bytes: int = Field(description="Bytes stored: the file, or the zip's extracted images.")
+    examples: int
+    classes: int | None = Field(description="Classes over all splits; null for regression.")
+    details: dict[str, Any] = Field(
+        description="The task family (`arrays` or `folder`), the input shape, the classes (or tasks) of each "
+        "split and the task shape the upload was checked with."
+    )
+    created: datetime
+
+
+class Job(BaseModel):
+    """A meta-training job: its spec, where it stands, and what it published."""
+
+    job_id: str
+    state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    spec: JobSpec
+    iteration: int = Field(description="Meta-updates done (as last reported).")
+    progress: float = Field(description="Fraction of the iterations done.")
+    error: str | None = Field(description="Why it failed.")
+    model: str | None = Field(description="What it published, as `name@version`, once it has succeeded.")
+    created: datetime
+    started: datetime | None
+    finished: datetime | None
+    heartbeat: datetime | None = Field(description="When its worker last reported.")
+
+
+class JobPage(BaseModel):
+    """Jobs, newest first."""
+
+    page: int
+    size: int
+    jobs: list[Job]
+
+
+class JobMetric(BaseModel):
+    """One validation point of a job: the training loss at that iteration and the meta-validation figures."""
+
+    id: int = Field(description="Grows with each point; GET /jobs/{id}/metrics?after=ID gives newer ones.")
+    iteration: int
+    train_loss: float | None
+    val_loss: float
+    val_accuracy: float | None = Field(description="Null for regression.")
+    created: datetime
+
+
+class Promote(BaseModel):
+    """Which version of the model bare-name requests get from now on."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"version": 1}]})
+
+    version: int = Field(ge=1)
 
 
 class Health(BaseModel):

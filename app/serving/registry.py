@@ -67,27 +67,42 @@ class _Checkpoint:
 
 
 class Registry:
-    """The loaded initializations, by ``(name, version)``, and the default one."""
+    """The loaded initializations by ``(name, version)``, and each name's default version: the one a bare
+    ``name`` gets. Published versions are loaded and promotions applied by ``sync`` while it serves;
+    each change swaps a whole dict, so a request in flight keeps the model it resolved."""
 
-    def __init__(self, models: Mapping[tuple[str, int], LoadedModel], default: LoadedModel) -> None:
+    def __init__(
+        self,
+        session_factory: sessionmaker[Session],
+        device: torch.device,
+        models: Mapping[tuple[str, int], LoadedModel],
+        default_name: str,
+    ) -> None:
+        self._db = session_factory
+        self.device = device
         self._models = dict(models)
-        self.default = default
+        self._defaults: dict[str, int] = {}
+        self._refused: set[int] = set()
+        """Rows whose checkpoint failed to load or verify: tried once, never served."""
+        self.default_name = default_name
+        """The model of requests that name none."""
 
     @classmethod
     def open(
         cls, settings: Settings, session_factory: sessionmaker[Session], device: torch.device
     ) -> Registry:
-        """Load every finished model under ``settings.models_dir`` onto ``device``, upsert one row per
-        ``name@version``, mark ``settings.default_model`` as the default, and warm each model up.
+        """Load every finished model under ``settings.models_dir`` and every published version recorded in
+        the database onto ``device``, upsert one row per shipped ``name@version``, and warm each model up.
+        ``settings.default_model`` names the model of requests that name none (``name@version`` also
+        makes that version its name's default); other names keep the default version recorded in the
+        database, or get their highest.
 
         Unfinished or corrupt models are skipped with a warning; a missing default raises ``NotFound``.
         """
         found: dict[tuple[str, int], _Checkpoint] = {}
         for card_path in sorted(Path(settings.models_dir).glob("*/card.json")):
-            try:
-                checkpoint = _read(card_path.parent, device)
-            except (ValueError, KeyError, TypeError) as error:
-                logger.warning("skipping the model in %s: %s", card_path.parent, error)
+            checkpoint = _read_or_warn(card_path.parent, device)
+            if checkpoint is None:
                 continue
             if checkpoint.key in found:
                 logger.warning(
@@ -98,41 +113,109 @@ class Registry:
                 )
                 continue
             found[checkpoint.key] = checkpoint
-        default_key = _lookup(set(found), settings.default_model)
         with session_factory.begin() as db:
-            db.execute(update(Initialization).where(Initialization.is_default).values(is_default=False))
-            rows = {key: _upsert(db, c, key == default_key) for key, c in found.items()}
+            rows = {key: _upsert(db, c) for key, c in found.items()}
             db.flush()
             models = {key: _loaded(rows[key].id, c, device) for key, c in found.items()}
         for key, model in models.items():
             _warm_up(model)
             logger.info("serving %s from %s on %s", model.ref, found[key].directory, device)
-        return cls(models, models[default_key])
+        registry = cls(session_factory, device, models, settings.default_model.partition("@")[0])
+        registry.sync()
+        name, version = _lookup(set(registry._models), settings.default_model, registry._defaults)
+        if "@" in settings.default_model:
+            registry.promote(name, version)
+        return registry
 
     @property
     def models(self) -> tuple[LoadedModel, ...]:
         """Every loaded model, by name and then version."""
         return tuple(self._models[key] for key in sorted(self._models))
 
+    @property
+    def default(self) -> LoadedModel:
+        """The model of requests that name none: ``default_name`` at its default version."""
+        return self.get(self.default_name)
+
+    def is_default(self, model: LoadedModel) -> bool:
+        """Whether a bare ``model.name`` gets this version."""
+        return self._defaults.get(model.name) == model.version
+
     def get(self, ref: str | None = None) -> LoadedModel:
-        """The model ``name@version``; for a bare ``name`` the default version (the default model's, or
-        the highest); for ``None`` the default model. Raises ``NotFound`` listing the loaded models."""
-        if ref is None or ref == self.default.name:
-            return self.default
-        return self._models[_lookup(set(self._models), ref)]
+        """The model ``name@version``; for a bare ``name`` its default version; for ``None`` the default
+        model. Raises ``NotFound`` listing the loaded models."""
+        key = _lookup(set(self._models), self.default_name if ref is None else ref, self._defaults)
+        return self._models[key]
+
+    def promote(self, name: str, version: int) -> LoadedModel:
+        """Make the loaded ``name@version`` the default of ``name``, in the database and then here."""
+        model = self.get(f"{name}@{version}")
+        with self._db.begin() as db:
+            _mark_defaults(db, {name: version})
+        self._defaults = {**self._defaults, name: version}
+        return model
+
+    def sync(self) -> list[LoadedModel]:
+        """Load the versions the database records that are not loaded yet (published by jobs, perhaps by
+        another process) and take up its default versions; returns the newly loaded models. A version
+        that fails to load or verify is skipped with a warning, and what serves keeps serving."""
+        with self._db() as db:
+            rows = db.execute(select(Initialization.id, Initialization.path, Initialization.is_default)).all()
+        known = {m.id for m in self._models.values()} | self._refused
+        added: dict[tuple[str, int], LoadedModel] = {}
+        for row_id, path, _ in rows:
+            if row_id in known:
+                continue
+            checkpoint = _read_or_warn(Path(path), self.device)
+            if checkpoint is None:
+                self._refused.add(row_id)
+                continue
+            added[checkpoint.key] = _loaded(row_id, checkpoint, self.device)
+            _warm_up(added[checkpoint.key])
+            logger.info("serving %s from %s on %s", added[checkpoint.key].ref, path, self.device)
+        models = {**self._models, **added}
+        flagged = {row_id for row_id, _, is_default in rows if is_default}
+        recorded = {m.name: m.version for m in models.values() if m.id in flagged}
+        defaults = {name: recorded.get(name, max(v for n, v in models if n == name)) for name, _ in models}
+        if defaults != recorded:
+            with self._db.begin() as db:
+                _mark_defaults(db, {n: v for n, v in defaults.items() if recorded.get(n) != v})
+        self._models, self._defaults = models, defaults
+        return list(added.values())
 
 
-def _lookup(keys: set[tuple[str, int]], ref: str) -> tuple[str, int]:
-    """The key ``ref`` names among ``keys``: ``name@version`` exactly, a bare ``name`` its highest version."""
+def _lookup(keys: set[tuple[str, int]], ref: str, defaults: Mapping[str, int]) -> tuple[str, int]:
+    """The key ``ref`` names among ``keys``: ``name@version`` exactly, a bare ``name`` its default
+    version (its highest when it has none)."""
     name, at, version = ref.partition("@")
     if not at:
         versions = [v for n, v in keys if n == name]
         if versions:
-            return name, max(versions)
+            return name, defaults.get(name, max(versions))
     elif version.isdigit() and (name, int(version)) in keys:
         return name, int(version)
     loaded = ", ".join(f"{n}@{v}" for n, v in sorted(keys)) or "none"
     raise NotFound(f"no model {ref!r}; the loaded models are: {loaded}")
+
+
+def _mark_defaults(db: Session, defaults: Mapping[str, int]) -> None:
+    """Record ``defaults`` (name to version) as the rows' default flags, all other versions of those
+    names not default."""
+    for name, version in defaults.items():
+        db.execute(
+            update(Initialization)
+            .where(Initialization.name == name)
+            .values(is_default=Initialization.version == version)
+        )
+
+
+def _read_or_warn(directory: Path, device: torch.device) -> _Checkpoint | None:
+    """``_read``, or None with a warning naming the directory and what is wrong."""
+    try:
+        return _read(directory, device)
+    except (ValueError, KeyError, TypeError, OSError) as error:
+        logger.warning("skipping the model in %s: %s", directory, error)
+        return None
 
 
 def _read(directory: Path, device: torch.device) -> _Checkpoint:
@@ -161,7 +244,7 @@ def _read(directory: Path, device: torch.device) -> _Checkpoint:
     return _Checkpoint(directory, card, learner, {k: v.to(device) for k, v in params.items()}, inner)
 
 
-def _upsert(db: Session, checkpoint: _Checkpoint, is_default: bool) -> Initialization:
+def _upsert(db: Session, checkpoint: _Checkpoint) -> Initialization:
     """The row of ``name@version``, created or brought up to date with the checkpoint on disk."""
     name, version = checkpoint.key
     query = select(Initialization).where(Initialization.name == name, Initialization.version == version)
@@ -172,7 +255,6 @@ def _upsert(db: Session, checkpoint: _Checkpoint, is_default: bool) -> Initializ
     card = checkpoint.card
     row.algorithm, row.family, row.net = card["algorithm"], card["family"]["name"], card["net"]
     row.card, row.sha256, row.path = card, card["sha256"], str(checkpoint.directory)
-    row.is_default = is_default
     return row
 
 

@@ -1,11 +1,12 @@
-"""GET /models and GET /models/{name}: the loaded initializations, their cards and metrics."""
+"""GET /models and GET /models/{name}: the loaded initializations, their cards and metrics; and POST
+/models/{name}/promote, which picks the version a bare name gets."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, status
 
 from app.api.deps import RegistryDep
-from app.api.schemas import Inner, ModelDetail, ModelSummary, ModelVersion
+from app.api.schemas import Inner, ModelDetail, ModelSummary, ModelVersion, Promote
 from app.serving import LoadedModel, Registry
 
 __all__ = ["router"]
@@ -18,7 +19,7 @@ def _summary(model: LoadedModel, registry: Registry) -> ModelSummary:
         name=model.name,
         version=model.version,
         ref=model.ref,
-        default=model is registry.default,
+        default=registry.is_default(model),
         algorithm=model.card["algorithm"],
         family=model.card["family"]["name"],
         kind=model.kind,
@@ -46,3 +47,10 @@ async def get_model(name: str, registry: RegistryDep) -> ModelDetail:
         loaded = ", ".join(sorted({m.name for m in registry.models}))
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no model {name!r}; the loaded models are: {loaded}")
     return ModelDetail(name=name, versions=versions)
+
+
+@router.post("/{name}/promote")
+def promote_model(name: str, body: Promote, registry: RegistryDep) -> ModelSummary:
+    """Make `name@version` the version that requests naming bare `name` get, at once: requests in flight
+    finish on the version they resolved, sessions keep the version they were adapted from."""
+    return _summary(registry.promote(name, body.version), registry)

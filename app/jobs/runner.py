@@ -1,0 +1,129 @@
+"""The service's side of jobs: start a worker process per claimed job (at most ``max_jobs`` at once),
+stop the workers of cancelled jobs, requeue jobs whose worker died so that they resume, and load what the
+workers publish. ``tick`` does one round; the service calls it every ``POLL_SECONDS``."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from app.config import Settings
+from app.jobs.spec import JobSpec
+from app.jobs.store import JobStore
+from app.jobs.worker import JOBS
+from app.serving import Registry
+
+__all__ = ["POLL_SECONDS", "STOP_SECONDS", "JobRunner", "worker_command"]
+
+POLL_SECONDS = 0.5
+STOP_SECONDS = 5.0
+"""How long a worker gets to stop after SIGTERM before SIGKILL."""
+LOG_TAIL = 2000
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Worker:
+    process: subprocess.Popen[bytes]
+    log: Path
+    stopping_since: float | None = None
+
+
+def worker_command(job_id: str, world_size: int) -> list[str]:
+    """The worker's command line: itself, or torchrun starting ``world_size`` of it on this node."""
+    worker = ["-m", "app.jobs.worker", job_id]
+    if world_size == 1:
+        return [sys.executable, *worker]
+    torchrun = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world_size}"]
+    return [sys.executable, *torchrun, *worker]
+
+
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """``settings`` as METASERVE_* variables, so that a worker reads exactly the service's settings."""
+    values = settings.model_dump(exclude_none=True)
+    return {f"METASERVE_{name.upper()}": str(value) for name, value in values.items()}
+
+
+@dataclass
+class JobRunner:
+    """The workers this service process started, by job id."""
+
+    settings: Settings
+    store: JobStore
+    registry: Registry
+    workers: dict[str, _Worker] = field(default_factory=dict)
+
+    def tick(self) -> None:
+        """One round: reap, stop the cancelled, requeue the orphaned, start what fits, load what was
+        published."""
+        self._reap()
+        self._stop_cancelled()
+        stale = timedelta(seconds=self.settings.job_stale_seconds)
+        self.store.requeue(stale=stale, besides=list(self.workers))
+        while len(self.workers) < self.settings.max_jobs and (job_id := self.store.claim()) is not None:
+            self._start(job_id)
+        for model in self.registry.sync():
+            logger.info("loaded the published %s", model.ref)
+
+    def stop(self) -> None:
+        """Stop every worker (SIGTERM, then SIGKILL) and requeue their jobs, to resume at the next start."""
+        for worker in self.workers.values():
+            _signal(worker.process, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_SECONDS
+        for worker in self.workers.values():
+            try:
+                worker.process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal(worker.process, signal.SIGKILL)
+                worker.process.wait()
+        self.store.requeue(list(self.workers))
+        self.workers.clear()
+
+    def _start(self, job_id: str) -> None:
+        job, _ = self.store.get(job_id)
+        spec = JobSpec.model_validate(job.spec)
+        log = Path(self.settings.data_dir) / JOBS / job_id / "worker.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        environment = {**os.environ, **settings_environment(self.settings)}
+        with log.open("ab") as sink:
+            # A session of its own, so that stopping it reaches every process torchrun started.
+            process = subprocess.Popen(
+                worker_command(job_id, spec.world_size), stdout=sink, stderr=subprocess.STDOUT,
+                env=environment, start_new_session=True,
+            )  # fmt: skip
+        self.workers[job_id] = _Worker(process, log)
+        logger.info("job %s started in process %d (log %s)", job_id, process.pid, log)
+
+    def _reap(self) -> None:
+        for job_id, worker in list(self.workers.items()):
+            status = worker.process.poll()
+            if status is None:
+                continue
+            del self.workers[job_id]
+            if status != 0 and worker.stopping_since is None:
+                tail = worker.log.read_bytes()[-LOG_TAIL:].decode(errors="replace")
+                self.store.finish(job_id, "failed", error=f"the worker exited with status {status}:\n{tail}")
+
+    def _stop_cancelled(self) -> None:
+        now = time.monotonic()
+        for job_id, worker in self.workers.items():
+            if worker.stopping_since is None and self.store.state(job_id) == "cancelled":
+                worker.stopping_since = now
+                _signal(worker.process, signal.SIGTERM)
+            elif worker.stopping_since is not None and now - worker.stopping_since > STOP_SECONDS:
+                _signal(worker.process, signal.SIGKILL)
+
+
+def _signal(process: subprocess.Popen[bytes], number: int) -> None:
+    """Send ``number`` to the worker's whole process group (it may have exited meanwhile)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, number)

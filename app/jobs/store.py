@@ -1,0 +1,165 @@
+"""The ``jobs`` table as a queue: submitting, claiming atomically, progress and metrics from the worker,
+cancelling, and requeueing jobs whose worker died. The service and the workers share this one class."""
+
+from __future__ import annotations
+
+import builtins
+import secrets
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.db.tables import Dataset, Initialization, Job, JobMetric, utc_now
+from app.jobs.spec import JobSpec
+from app.serving import Conflict, NotFound
+
+__all__ = ["ACTIVE", "FINISHED", "JobStore"]
+
+ACTIVE = ("queued", "running")
+FINISHED = ("succeeded", "failed", "cancelled")
+MAX_PAGE_SIZE = 1000
+
+
+class JobStore:
+    """Jobs in the database behind ``session_factory``."""
+
+    def __init__(self, session_factory: sessionmaker[Session]) -> None:
+        self._db = session_factory
+
+    def submit(self, spec: JobSpec) -> Job:
+        """Queue a job for ``spec``; its dataset, if any, must exist."""
+        job = Job(id=secrets.token_urlsafe(16), spec=spec.model_dump(), dataset_id=spec.dataset_id)
+        with self._db.begin() as db:
+            if spec.dataset_id is not None and db.get(Dataset, spec.dataset_id) is None:
+                raise ValueError(f"dataset_id: no dataset {spec.dataset_id!r}; see GET /datasets")
+            db.add(job)
+        return job
+
+    def get(self, job_id: str) -> tuple[Job, str | None]:
+        """The job and the ``name@version`` it published, if it has."""
+        with self._db() as db:
+            found = db.execute(_with_model().where(Job.id == job_id)).one_or_none()
+        if found is None:
+            raise NotFound(f"no job {job_id!r}")
+        return found[0], _ref(found[1], found[2])
+
+    def list(self, page: int = 1, size: int = 50) -> builtins.list[tuple[Job, str | None]]:
+        """Jobs, newest first, ``size`` per page from page 1."""
+        if page < 1 or not 1 <= size <= MAX_PAGE_SIZE:
+            raise ValueError(f"size: must be from 1 to {MAX_PAGE_SIZE}, and page >= 1; got {size}, {page}")
+        query = _with_model().order_by(Job.created.desc(), Job.id).offset((page - 1) * size).limit(size)
+        with self._db() as db:
+            return [(job, _ref(name, version)) for job, name, version in db.execute(query)]
+
+    def metrics(self, job_id: str, after: int = 0) -> builtins.list[JobMetric]:
+        """The job's validation points with ids above ``after``, in order."""
+        self.get(job_id)
+        query = select(JobMetric).where(JobMetric.job_id == job_id, JobMetric.id > after)
+        with self._db() as db:
+            return builtins.list(db.scalars(query.order_by(JobMetric.id)))
+
+    def cancel(self, job_id: str) -> Job:
+        """Mark a queued or running job cancelled: a queued one never starts, a running one's worker sees
+        the state at its next report and stops (the runner stops it if it does not)."""
+        with self._db.begin() as db:
+            job = db.get(Job, job_id)
+            if job is None:
+                raise NotFound(f"no job {job_id!r}")
+            if job.state in FINISHED:
+                raise Conflict(f"job {job_id!r} has already {job.state}; there is nothing to cancel")
+            job.state, job.finished = "cancelled", utc_now()
+        return job
+
+    def claim(self) -> str | None:
+        """Atomically move the oldest queued job to running and return its id (None when none waits)."""
+        now = utc_now()
+        oldest = select(Job.id).where(Job.state == "queued").order_by(Job.created, Job.id).limit(1)
+        with self._db.begin() as db:
+            claimed = db.execute(
+                update(Job)
+                .where(Job.id == oldest.scalar_subquery(), Job.state == "queued")
+                .values(state="running", heartbeat=now, worker_pid=None)
+                .returning(Job.id)
+            ).scalar()
+            if claimed is not None:
+                db.execute(update(Job).where(Job.id == claimed, Job.started.is_(None)).values(started=now))
+        return claimed
+
+    def state(self, job_id: str) -> str:
+        with self._db() as db:
+            found = db.scalar(select(Job.state).where(Job.id == job_id))
+        if found is None:
+            raise NotFound(f"no job {job_id!r}")
+        return found
+
+    def requeue(
+        self,
+        job_ids: builtins.list[str] | None = None,
+        stale: timedelta | None = None,
+        besides: Sequence[str] = (),
+    ) -> int:
+        """Put running jobs back in the queue, to resume from their last checkpoint: ``job_ids``, or those
+        whose heartbeat is older than ``stale`` (their worker died), except ``besides`` (workers this
+        process still watches). Returns how many."""
+        running = update(Job).where(Job.state == "running", Job.id.not_in(besides))
+        if job_ids is not None:
+            running = running.where(Job.id.in_(job_ids))
+        if stale is not None:
+            running = running.where(Job.heartbeat < utc_now() - stale)
+        with self._db.begin() as db:
+            return len(db.execute(running.values(state="queued", worker_pid=None).returning(Job.id)).all())
+
+    # The worker's side: each write applies only while the job is still running, so a cancel wins.
+
+    def beat(self, job_id: str, pid: int) -> bool:
+        """Record that the worker ``pid`` is alive; False once the job is no longer running."""
+        return self._while_running(job_id, heartbeat=utc_now(), worker_pid=pid)
+
+    def report(self, job_id: str, iteration: int, iterations: int) -> bool:
+        """Record progress; False once the job is no longer running (cancelled)."""
+        return self._while_running(
+            job_id, iteration=iteration, progress=iteration / iterations, heartbeat=utc_now()
+        )
+
+    def add_metric(self, job_id: str, point: dict[str, Any]) -> None:
+        """Record a validation point: ``iteration``, ``train_loss``, ``val_loss`` and ``val_accuracy``."""
+        with self._db.begin() as db:
+            db.add(JobMetric(job_id=job_id, **point))
+
+    def forget_metrics_after(self, job_id: str, iteration: int) -> None:
+        """Drop the points past ``iteration``: a resumed job replays them from its checkpoint."""
+        with self._db.begin() as db:
+            db.execute(delete(JobMetric).where(JobMetric.job_id == job_id, JobMetric.iteration > iteration))
+
+    def finish(self, job_id: str, state: str, error: str | None = None, result: int | None = None) -> bool:
+        """End a running job as ``state`` (succeeded, with the id of the version it published, or failed
+        with the error); False if it had ended already."""
+        if state not in FINISHED:
+            raise ValueError(f"state must be one of {FINISHED}; got {state!r}")
+        values: dict[str, Any] = {"state": state, "error": error, "finished": utc_now()}
+        if state == "succeeded":
+            values.update(
+                result_initialization_id=result, progress=1.0, iteration=Job.spec["iterations"].as_integer()
+            )
+        return self._while_running(job_id, **values)
+
+    def _while_running(self, job_id: str, **values: Any) -> bool:
+        with self._db.begin() as db:
+            changed = db.execute(
+                update(Job).where(Job.id == job_id, Job.state == "running").values(**values).returning(Job.id)
+            ).all()
+        return bool(changed)
+
+
+def _with_model() -> Any:
+    """Jobs with the name and version of the initialization they published (None until they have)."""
+    return select(Job, Initialization.name, Initialization.version).outerjoin(
+        Initialization, Job.result_initialization_id == Initialization.id
+    )
+
+
+def _ref(name: str | None, version: int | None) -> str | None:
+    return None if name is None else f"{name}@{version}"
