@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, exc, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.tables import Dataset, Initialization, Job, JobMetric, utc_now
@@ -32,10 +32,14 @@ class JobStore:
     def submit(self, spec: JobSpec) -> Job:
         """Queue a job for ``spec``; its dataset, if any, must exist."""
         job = Job(id=secrets.token_urlsafe(16), spec=spec.model_dump(), dataset_id=spec.dataset_id)
-        with self._db.begin() as db:
-            if spec.dataset_id is not None and db.get(Dataset, spec.dataset_id) is None:
-                raise ValueError(f"dataset_id: no dataset {spec.dataset_id!r}; see GET /datasets")
-            db.add(job)
+        missing = f"dataset_id: no dataset {spec.dataset_id!r}; see GET /datasets"
+        try:
+            with self._db.begin() as db:
+                if spec.dataset_id is not None and db.get(Dataset, spec.dataset_id) is None:
+                    raise ValueError(missing)
+                db.add(job)
+        except exc.IntegrityError:  # the dataset was deleted between the check and the insert
+            raise ValueError(missing) from None
         return job
 
     def get(self, job_id: str) -> tuple[Job, str | None]:
