@@ -60,9 +60,10 @@ class JobStore:
 
     def metrics(self, job_id: str, after: int = 0) -> builtins.list[JobMetric]:
         """The job's validation points with ids above ``after``, in order."""
-        self.get(job_id)
         query = select(JobMetric).where(JobMetric.job_id == job_id, JobMetric.id > after)
         with self._db() as db:
+            if db.get(Job, job_id) is None:
+                raise NotFound(f"no job {job_id!r}")
             return builtins.list(db.scalars(query.order_by(JobMetric.id)))
 
     def cancel(self, job_id: str) -> Job:
