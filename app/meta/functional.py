@@ -8,13 +8,14 @@ second-order, first-order or no meta-gradient.
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torch.func import functional_call
 
 from app.meta.batch import check_examples
@@ -51,6 +52,13 @@ def net_params(params: Params) -> Params:
     return {k: v for k, v in params.items() if not k.startswith(LR_PREFIX)}
 
 
+def _mean(per_example: Tensor, mask: Tensor | None) -> Tensor:
+    """Mean over the last (example) dimension, of the examples ``mask`` marks when one is given."""
+    if mask is None:
+        return per_example.mean(-1)
+    return (per_example * mask).sum(-1) / mask.sum(-1)
+
+
 def _mse(pred: Tensor, y: Tensor) -> Tensor:
     return (pred - y).square().mean(-1)
 
@@ -68,31 +76,41 @@ class Learner:
     """A net used functionally with its loss: what the inner loop differentiates.
 
     Every tensor comes from the parameters passed in (nets hold no buffers), so the net's own weights
-    only give shapes and names: one learner serves parameters on any device.
+    only give shapes and names: one learner serves parameters on any device, from any thread.
     """
 
     net: MetaNet
     loss: str = "mse"
+    _lock: threading.RLock = field(default_factory=threading.RLock, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {sorted(LOSSES)}; got {self.loss!r}")
 
     def predict(self, params: Params, x: Tensor) -> Tensor:
-        return functional_call(self.net, net_params(params), (x,), tie_weights=False)
+        return self._call(self.net, net_params(params), x)
 
-    def losses(self, params: Params, x: Tensor, y: Tensor) -> Tensor:
-        """Mean loss of each task: a scalar for one task, ``[T]`` for a task batch."""
-        return LOSSES[self.loss](self.predict(params, x), y).mean(-1)
+    def losses(self, params: Params, x: Tensor, y: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Mean loss of each task: a scalar for one task, ``[T]`` for a task batch; ``mask`` (1 for a real
+        example, 0 for padding, shaped like ``y``'s example dimensions) averages over real examples only."""
+        return _mean(LOSSES[self.loss](self.predict(params, x), y), mask)
 
     def features(self, params: Params, x: Tensor) -> Tensor:
         """The body's output, what the head sees: computed once when only the head adapts (ANIL)."""
-        return functional_call(self.net.body, _part(params, "body."), (x,), tie_weights=False)
+        return self._call(self.net.body, _part(params, "body."), x)
 
-    def head_losses(self, params: Params, features: Tensor, y: Tensor) -> Tensor:
+    def head_losses(self, params: Params, features: Tensor, y: Tensor, mask: Tensor | None = None) -> Tensor:
         """``losses`` from the body's output onward."""
-        logits = functional_call(self.net.head, _part(params, "head."), (features,), tie_weights=False)
-        return LOSSES[self.loss](logits, y).mean(-1)
+        logits = self._call(self.net.head, _part(params, "head."), features)
+        return _mean(LOSSES[self.loss](logits, y), mask)
+
+    def _call(self, module: nn.Module, params: Params, x: Tensor) -> Tensor:
+        """``module`` with ``params`` on ``x``. ``functional_call`` swaps the module's tensors in place
+        for the call, so concurrent threads take turns (the backward passes still run side by side)."""
+        if torch.compiler.is_compiling():
+            return functional_call(module, params, (x,), tie_weights=False)
+        with self._lock:
+            return functional_call(module, params, (x,), tie_weights=False)
 
     def check(self, x: Tensor, y: Tensor, what: str) -> int | None:
         """Validate examples for this net (see ``check_examples``); returns the number of tasks or None."""
@@ -168,6 +186,8 @@ def inner_steps(
     y: Tensor,
     inner: InnerLoop,
     meta_grad: MetaGrad = "second",
+    mask: Tensor | None = None,
+    features: Tensor | None = None,
 ) -> Iterator[Params]:
     """Run ``inner.steps`` SGD steps on the support set ``(x, y)``, yielding the parameters after each.
 
@@ -175,6 +195,8 @@ def inner_steps(
     dimension (an expanded view of the shared initialization until the first step). ``params`` may hold
     learned learning rates (``lr_key``), which the steps use and which never change here. Callers check
     the examples first (``Learner.check``); the loop itself stays free of host syncs so that it compiles.
+    ``mask`` marks the real examples of a padded task batch (see ``Learner.losses``); ``features`` is the
+    body's output on ``x`` when the caller already has it and only the head adapts.
     """
     tasks = x.shape[0] if x.dim() == len(learner.net.input_shape) + 2 else None
     weights = net_params(params)
@@ -185,12 +207,13 @@ def inner_steps(
         fast = {k: v.expand(tasks, *v.shape) for k, v in fast.items()}
     frozen = {k: v for k, v in weights.items() if k not in fast}
     # When only the head adapts (ANIL), the body's output on the support set is the same at every step.
-    features = learner.features(frozen, x) if fast and all(is_head(k) for k in fast) else None
+    if features is None and fast and all(is_head(k) for k in fast):
+        features = learner.features(frozen, x)
 
     def support_loss(adapted: Params) -> Tensor:
         if features is not None:
-            return learner.head_losses(adapted, features, y).sum()
-        return learner.losses({**frozen, **adapted}, x, y).sum()
+            return learner.head_losses(adapted, features, y, mask).sum()
+        return learner.losses({**frozen, **adapted}, x, y, mask).sum()
 
     for step in range(inner.steps):
         grads = _gradients(support_loss, fast, meta_grad)
@@ -230,11 +253,18 @@ def adapt(
 
 
 def final_params(
-    learner: Learner, params: Params, x: Tensor, y: Tensor, inner: InnerLoop, meta_grad: MetaGrad = "none"
+    learner: Learner,
+    params: Params,
+    x: Tensor,
+    y: Tensor,
+    inner: InnerLoop,
+    meta_grad: MetaGrad = "none",
+    mask: Tensor | None = None,
+    features: Tensor | None = None,
 ) -> Params:
     """The parameters after all inner steps, for examples the caller has already checked."""
     adapted = net_params(params)
-    for adapted in inner_steps(learner, params, x, y, inner, meta_grad):  # noqa: B007
+    for adapted in inner_steps(learner, params, x, y, inner, meta_grad, mask, features):  # noqa: B007
         pass
     return adapted
 

@@ -32,6 +32,12 @@ class MetaNet(nn.Module):
         """Width of the head: regression targets or classification ways."""
         return self.head.out_features
 
+    @property
+    def per_example(self) -> bool:
+        """Whether each example's output depends on that example alone: false with batch norm, whose
+        statistics mix the examples of a set, so padding a set would change its answers."""
+        return not any(isinstance(m, BatchNorm2d) for m in self.modules())
+
     def forward(self, x: Any) -> Any:
         return self.head(self.body(x))
 

@@ -1,0 +1,110 @@
+"""Many parameter sets at once: several sessions adapted or queried in one batched computation.
+
+The sets are stacked along a leading task dimension, which every layer takes natively (see ``layers``),
+so a batch of sessions runs as one forward (and backward) pass instead of one per session. Sets of
+different sizes are padded, with the padding masked out of the loss, when the net treats examples
+independently; a net with batch norm, whose statistics mix a set's examples, runs each size as its own
+batch instead. Either way every answer equals the one computed for that set alone. Where the engine
+does not vectorize tasks (conv nets on a CPU, whose per-task activations overflow the caches), each set
+runs alone: batching there only saves the service's per-call work, never slows the engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
+
+from app.meta.algorithms import vectorizes
+from app.meta.functional import InnerLoop, Learner, Params, final_params
+
+__all__ = ["Adaptation", "adapt_many", "predict_many", "stack"]
+
+
+@dataclass(frozen=True)
+class Adaptation:
+    """One support set's result: the tensors adaptation changed, and its support loss before and after."""
+
+    changed: Params
+    loss_before: float
+    loss_after: float
+
+
+def stack(sets: Sequence[Params]) -> Params:
+    """Parameter sets holding the same names, stacked along a new leading dimension."""
+    names = set(sets[0])
+    if any(set(s) != names for s in sets):
+        raise ValueError("stacked parameter sets must all hold the same tensor names")
+    return {k: torch.stack([s[k] for s in sets]) for k in sets[0]}
+
+
+def predict_many(
+    learner: Learner, base: Params, changed: Sequence[Params], xs: Sequence[Tensor]
+) -> list[Tensor]:
+    """The outputs for each query set ``xs[i]`` of the parameters ``{**base, **changed[i]}``; each
+    ``changed[i]`` holds the same names (a session's adapted tensors, or none for the initialization)."""
+    if len(changed) != len(xs):
+        raise ValueError(f"give one query set per parameter set: {len(changed)} sets, {len(xs)} query sets")
+    outputs: list[Tensor] = [torch.empty(0)] * len(xs)
+    with torch.no_grad():
+        for group in _groups(learner, xs):
+            x = _batch([xs[i] for i in group])
+            sets = [changed[i] for i in group]
+            out = learner.predict({**base, **(sets[0] if len(group) == 1 else stack(sets))}, x)
+            for row, i in enumerate(group):
+                outputs[i] = out if len(group) == 1 else out[row, : len(xs[i])]
+    return outputs
+
+
+def adapt_many(
+    learner: Learner, params: Params, supports: Sequence[tuple[Tensor, Tensor]], inner: InnerLoop
+) -> list[Adaptation]:
+    """Adapt ``params`` to each support set ``(x, y)`` with the same inner loop, with no meta-gradient,
+    for sets the caller has already checked (``Learner.check``)."""
+    results: list[Adaptation | None] = [None] * len(supports)
+    xs = [x for x, _ in supports]
+    with torch.no_grad():
+        for group in _groups(learner, xs):
+            x, y = _batch([xs[i] for i in group]), _batch([supports[i][1] for i in group])
+            sizes = [len(xs[i]) for i in group]
+            mask = None
+            if min(sizes) != max(sizes):
+                lengths = torch.tensor(sizes, device=x.device)
+                mask = (torch.arange(x.shape[1], device=x.device) < lengths[:, None]).to(x.dtype)
+            if inner.adapts == "head":  # the body's output is the same before, during and after
+                features = learner.features(params, x)
+                adapted = final_params(learner, params, x, y, inner, "none", mask, features)
+                losses = [learner.head_losses(p, features, y, mask) for p in (params, adapted)]
+            else:
+                adapted = final_params(learner, params, x, y, inner, "none", mask)
+                losses = [learner.losses(p, x, y, mask) for p in (params, adapted)]
+            before, after = (loss.reshape(-1).tolist() for loss in losses)
+            for row, i in enumerate(group):
+                changed = {
+                    k: v if len(group) == 1 else v[row].clone()
+                    for k, v in adapted.items()
+                    if inner.adapted(k)
+                }
+                results[i] = Adaptation(changed, before[row], after[row])
+    return [r for r in results if r is not None]
+
+
+def _batch(sets: Sequence[Tensor]) -> Tensor:
+    """One set as it is, or several padded with zeros to the longest along a new task dimension."""
+    return sets[0] if len(sets) == 1 else pad_sequence(list(sets), batch_first=True)
+
+
+def _groups(learner: Learner, xs: Sequence[Tensor]) -> list[list[int]]:
+    """Indices of the sets that run as one batch: all of them when padding is exact, else by size; each
+    alone where the engine does not vectorize tasks (conv nets on a CPU, see ``vectorizes``)."""
+    if not xs or not vectorizes(learner.net, xs[0].device):
+        return [[i] for i in range(len(xs))]
+    if learner.net.per_example:
+        return [list(range(len(xs)))]
+    by_size: dict[int, list[int]] = {}
+    for i, x in enumerate(xs):
+        by_size.setdefault(len(x), []).append(i)
+    return list(by_size.values())

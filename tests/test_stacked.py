@@ -1,0 +1,144 @@
+"""Many sessions in one batched computation answer exactly as each session alone: padded and masked
+for per-example nets, grouped by size for batch norm, head-only (ANIL) included."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+from torch import Tensor
+
+from app.meta import InnerLoop, Learner, adapt
+from app.meta.stacked import adapt_many, predict_many, stack
+
+Support = tuple[Tensor, Tensor]
+
+
+def leaves(learner: Learner) -> dict[str, Tensor]:
+    return {k: v.detach() for k, v in learner.net.named_parameters()}
+
+
+def regression_sets(sizes: list[int], generator: torch.Generator) -> list[Support]:
+    return [(torch.randn(n, 1, generator=generator), torch.randn(n, 1, generator=generator)) for n in sizes]
+
+
+def image_sets(sizes: list[int], generator: torch.Generator) -> list[Support]:
+    return [
+        (torch.randn(n, 1, 28, 28, generator=generator), torch.randint(0, 5, (n,), generator=generator))
+        for n in sizes
+    ]
+
+
+def assert_each_alone(learner: Learner, supports: list[Support], inner: InnerLoop) -> None:
+    params = leaves(learner)
+    batched = adapt_many(learner, params, supports, inner)
+    assert len(batched) == len(supports)
+    for (x, y), result in zip(supports, batched, strict=True):
+        alone = adapt(learner, params, x, y, inner)
+        assert set(result.changed) == {k for k in params if inner.adapted(k)}
+        for name, tensor in result.changed.items():
+            torch.testing.assert_close(tensor, alone[name], rtol=1e-4, atol=1e-5)
+        assert result.loss_before == pytest.approx(float(learner.losses(params, x, y)), rel=1e-4)
+        assert result.loss_after == pytest.approx(float(learner.losses(alone, x, y)), rel=1e-4)
+        assert result.loss_after < result.loss_before
+
+
+def test_ragged_support_sets_adapt_as_each_alone(
+    sinusoid_learner: Learner, generator: torch.Generator
+) -> None:
+    supports = regression_sets([5, 10, 1, 7, 10], generator)
+    assert_each_alone(sinusoid_learner, supports, InnerLoop(3, 0.01))
+
+
+@pytest.fixture(params=["stacked", "alone"])
+def conv_form(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Conv nets run alone on a CPU; "stacked" runs them as on a GPU, so both paths are checked here."""
+    if request.param == "stacked":
+        monkeypatch.setattr("app.meta.stacked.vectorizes", lambda net, device: True)
+    return str(request.param)
+
+
+def test_batch_norm_nets_group_by_size(
+    conv4_learner: Learner, generator: torch.Generator, conv_form: str
+) -> None:
+    supports = image_sets([5, 10, 5, 10, 3], generator)
+    assert_each_alone(conv4_learner, supports, InnerLoop(2, 0.1))
+    assert_each_alone(conv4_learner, supports, InnerLoop(2, 0.1, adapts="head"))
+
+
+def test_learned_rates_apply_to_every_session(sinusoid_learner: Learner, generator: torch.Generator) -> None:
+    learner = sinusoid_learner
+    params = leaves(learner) | {f"inner_lr/{k}": torch.full_like(v, 0.02) for k, v in leaves(learner).items()}
+    supports = regression_sets([4, 9], generator)
+    batched = adapt_many(learner, params, supports, InnerLoop(2, 0.5))
+    for (x, y), result in zip(supports, batched, strict=True):
+        alone = adapt(learner, params, x, y, InnerLoop(2, 0.5))
+        for name, tensor in result.changed.items():
+            torch.testing.assert_close(tensor, alone[name], rtol=1e-4, atol=1e-5)
+
+
+def test_ragged_queries_predict_as_each_alone(sinusoid_learner: Learner, generator: torch.Generator) -> None:
+    params = leaves(sinusoid_learner)
+    supports = regression_sets([5, 6, 7], generator)
+    sessions = [a.changed for a in adapt_many(sinusoid_learner, params, supports, InnerLoop(1, 0.01))]
+    queries = [torch.randn(n, 1, generator=generator) for n in (3, 100, 1)]
+    outputs = predict_many(sinusoid_learner, params, sessions, queries)
+    for changed, x, out in zip(sessions, queries, outputs, strict=True):
+        torch.testing.assert_close(
+            out, sinusoid_learner.predict({**params, **changed}, x), rtol=1e-5, atol=1e-6
+        )
+
+
+def test_batch_norm_queries_group_by_size(
+    conv4_learner: Learner, generator: torch.Generator, conv_form: str
+) -> None:
+    params = leaves(conv4_learner)
+    heads = [
+        a.changed
+        for a in adapt_many(
+            conv4_learner, params, image_sets([5] * 4, generator), InnerLoop(1, 0.1, adapts="head")
+        )
+    ]
+    queries = [x for x, _ in image_sets([2, 8, 2, 8], generator)]
+    outputs = predict_many(conv4_learner, params, heads, queries)
+    for changed, x, out in zip(heads, queries, outputs, strict=True):
+        torch.testing.assert_close(out, conv4_learner.predict({**params, **changed}, x), rtol=1e-4, atol=1e-5)
+
+
+def test_initialization_alone_predicts_through_the_same_path(sinusoid_learner: Learner) -> None:
+    params = leaves(sinusoid_learner)
+    queries = [torch.linspace(-5, 5, n).unsqueeze(-1) for n in (4, 9)]
+    outputs = predict_many(sinusoid_learner, params, [{}, {}], queries)
+    for x, out in zip(queries, outputs, strict=True):
+        torch.testing.assert_close(out, sinusoid_learner.predict(params, x))
+
+
+def test_mismatched_sets_are_refused(sinusoid_learner: Learner) -> None:
+    params = leaves(sinusoid_learner)
+    with pytest.raises(ValueError, match="same tensor names"):
+        stack([{"a": torch.zeros(1)}, {"b": torch.zeros(1)}])
+    with pytest.raises(ValueError, match="one query set per parameter set"):
+        predict_many(sinusoid_learner, params, [{}], [torch.zeros(1, 1), torch.zeros(1, 1)])
+
+
+def test_one_learner_serves_many_threads_at_once(
+    sinusoid_learner: Learner, generator: torch.Generator
+) -> None:
+    """``functional_call`` swaps the net's tensors in place: unguarded, threads would corrupt each other."""
+    params = leaves(sinusoid_learner)
+    supports = regression_sets([10] * 8, generator)
+    expected = [a.changed for a in adapt_many(sinusoid_learner, params, supports, InnerLoop(3, 0.01))]
+
+    def work(index: int) -> list[dict[str, Tensor]]:
+        return [
+            a.changed
+            for a in adapt_many(sinusoid_learner, params, [supports[index]] * 20, InnerLoop(3, 0.01))
+        ]
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(work, range(8)))
+    for index, found in enumerate(results):
+        for changed in found:
+            for name, tensor in changed.items():
+                torch.testing.assert_close(tensor, expected[index][name], rtol=1e-4, atol=1e-5)
