@@ -7,7 +7,7 @@ ANCHORS ?= ../shared/anchors
 ANCHORS_VENV ?= .venv-anchors
 BIN := $(VENV)/bin
 
-.PHONY: serve test lint bench clean
+.PHONY: serve test lint postgres bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,17 @@ lint: $(BIN)/.installed-dev
 	$(BIN)/ruff format --check app tests bench alembic
 	$(BIN)/mypy
 
-test: lint
+# The PostgreSQL tests start a throwaway server of their own: PostgreSQL (Debian's package) is installed when
+# initdb is missing. This never fails the build: without PostgreSQL those tests skip, saying so.
+postgres:
+	@if command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then exit 0; fi; \
+	echo "*** PostgreSQL is not installed: installing it for the PostgreSQL tests (apt-get install postgresql)"; \
+	sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	command -v apt-get >/dev/null && $$sudo apt-get update -q && \
+	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql || \
+	echo "*** COULD NOT INSTALL PostgreSQL: the PostgreSQL tests will be SKIPPED (install it and run make test)"
+
+test: lint postgres
 	$(BIN)/python -m pytest
 
 # The anchors' own environment (learn2learn, higher, TorchOpt), built by their setup script.

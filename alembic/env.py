@@ -10,13 +10,19 @@ from sqlalchemy import Connection, Engine, event
 from app.db.engine import make_engine
 from app.db.tables import Base, UTCDateTime
 
+MIGRATION_WAIT_MS = 10 * 60 * 1000
+"""How long a process waits on SQLite while another one migrates the database."""
+MIGRATION_LOCK = 0x6D657461  # "meta" in ASCII
+"""The PostgreSQL advisory lock that a migration holds until it commits."""
+
 
 def migration_engine(url: str) -> Engine:
-    """``make_engine(url)``, with two changes to SQLite for the length of a migration. Foreign keys are off:
-    a batch migration rebuilds a table by copying it and dropping the old one, and that drop would cascade
-    or fail. Transactions are SQLAlchemy's, begun IMMEDIATE: the sqlite3 module would otherwise commit each
-    DDL statement on its own, so a failed upgrade would leave half a schema, and two processes starting at
-    once would both try to create the tables."""
+    """``make_engine(url)``, with three changes to SQLite for the length of a migration. Foreign keys are
+    off: a batch migration rebuilds a table by copying it and dropping the old one, and that drop would
+    cascade or fail. Transactions are SQLAlchemy's, begun IMMEDIATE: the sqlite3 module would otherwise
+    commit each DDL statement on its own, so a failed upgrade would leave half a schema. And that write lock
+    is waited for as long as a migration may take, so that processes starting at once take turns (see
+    ``take_turns``)."""
     engine = make_engine(url)
     if engine.dialect.name != "sqlite":
         return engine
@@ -24,6 +30,7 @@ def migration_engine(url: str) -> Engine:
     @event.listens_for(engine, "connect")
     def _own_transactions(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.execute("PRAGMA foreign_keys=OFF")
+        dbapi_connection.execute(f"PRAGMA busy_timeout={MIGRATION_WAIT_MS}")
         dbapi_connection.isolation_level = None
 
     @event.listens_for(engine, "begin")
@@ -31,6 +38,16 @@ def migration_engine(url: str) -> Engine:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def take_turns(connection: Connection) -> None:
+    """Make the processes that migrate one database at once (the workers of ``metaserve serve --workers N``,
+    replicas on other machines) take turns, in the transaction that migrates: the first migrates, the others
+    wait for it to commit, then find the schema at head. On SQLite the write lock that BEGIN IMMEDIATE takes
+    does it; on PostgreSQL, where two processes would otherwise both create the tables, an advisory lock held
+    until the migration commits."""
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
 
 
 def check_foreign_keys(connection: Connection) -> None:
@@ -66,6 +83,7 @@ def run_migrations(url: str) -> None:
         with engine.connect() as connection:
             context.configure(connection=connection, transactional_ddl=True, **options)
             with context.begin_transaction():
+                take_turns(connection)
                 context.run_migrations()
                 check_foreign_keys(connection)
     finally:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import logging
+import copy
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -10,11 +10,11 @@ from typing import Annotated, Any, TypeVar
 import typer
 import uvicorn
 from tqdm import tqdm
+from uvicorn.config import LOGGING_CONFIG
 
 from app.checkpoint import load_card, save_card
 from app.config import get_settings
 from app.evaluation import card_protocol, evaluate_model, record
-from app.main import create_app
 from app.meta import Estimate
 from app.meta.distributed import init_from_env
 from app.meta.train import Progress
@@ -38,16 +38,35 @@ def serve(
     port: Annotated[
         int | None, typer.Option(min=1, max=65535, help="Port to listen on (default: METASERVE_PORT).")
     ] = None,
+    workers: Annotated[
+        int, typer.Option(min=1, help="Server processes sharing the port and the data directory.")
+    ] = 1,
 ) -> None:
     """Serve the HTTP API: load the models, then answer until stopped (Ctrl-C or SIGTERM)."""
     settings = _checked(get_settings)
-    # The service's own messages (models loaded, sessions swept) beside uvicorn's, in its format.
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
+    # An import string, so that each worker process builds the app itself from the same METASERVE_* env.
     uvicorn.run(
-        create_app(settings),
+        "app.main:create_app",
+        factory=True,
+        workers=workers,
         host=settings.host if host is None else host,
         port=settings.port if port is None else port,
+        log_config=_log_config(workers),
     )
+
+
+def _log_config(workers: int) -> dict[str, Any]:
+    """uvicorn's logging, with the service's own messages (models loaded, sessions swept, jobs) beside
+    uvicorn's in every process; with several workers each line names its process."""
+    config = copy.deepcopy(LOGGING_CONFIG)
+    formatters = config["formatters"]
+    formatters["service"] = {**formatters["default"], "fmt": "%(levelprefix)s %(name)s: %(message)s"}
+    if workers > 1:
+        for formatter in formatters.values():
+            formatter["fmt"] = formatter["fmt"].replace("%(levelprefix)s", "%(levelprefix)s [%(process)d]", 1)
+    config["handlers"]["service"] = {**config["handlers"]["default"], "formatter": "service"}
+    config["root"] = {"handlers": ["service"], "level": "INFO"}
+    return config
 
 
 @app.command("train")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -20,6 +20,7 @@ from app.client import AsyncClient
 from app.meta import Algorithm, Learner, TaskBatch, build_net
 from app.meta.tasks.noise_images import noise_image_tasks
 from app.meta.tasks.sinusoid import sinusoid_tasks
+from tests.postgres import NO_DRIVER, PostgresServer, postgres_server, unavailable
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -177,3 +178,23 @@ async def http(service: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 def client(http: httpx.AsyncClient) -> AsyncClient:
     return AsyncClient(http=http)
+
+
+# A throwaway PostgreSQL server (tests/postgres.py), started once for the tests that ask for one.
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """The throwaway server; without PostgreSQL or psycopg the test skips, saying how to install them."""
+    reason = unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    pytest.importorskip("psycopg", reason=NO_DRIVER)
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres: PostgresServer) -> str:
+    """The URL of a new empty database on the throwaway server, for one test."""
+    return postgres.new_database()

@@ -4,12 +4,13 @@ directory gives bit-identical predictions for that session."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -33,10 +34,15 @@ def free_port() -> int:
 
 @contextmanager
 def server_process(
-    data_dir: Path, port: int, log: Path, environment: Mapping[str, str] | None = None
+    data_dir: Path,
+    port: int,
+    log: Path,
+    environment: Mapping[str, str] | None = None,
+    options: Sequence[str] = (),
 ) -> Iterator[tuple[subprocess.Popen[bytes], Client]]:
-    """``metaserve serve`` on ``port``, with ``environment`` added, once it is ready; killed on leaving if
-    it still runs."""
+    """``metaserve serve`` on ``port``, with ``environment`` added and its ``options`` (``--workers 2``), once
+    it is ready. It leads a process group of its own, whatever still runs of which (its worker processes
+    too) is killed on leaving."""
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
@@ -45,8 +51,9 @@ def server_process(
         **(environment or {}),
     }
     with log.open("ab") as output:
+        command = [METASERVE, "serve", "--port", str(port), *options]
         process = subprocess.Popen(
-            [METASERVE, "serve", "--port", str(port)], env=env, stdout=output, stderr=subprocess.STDOUT
+            command, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
         )
     try:
         with Client(f"http://127.0.0.1:{port}") as client:
@@ -57,9 +64,9 @@ def server_process(
                 time.sleep(0.2)
             yield process, client
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 @contextmanager

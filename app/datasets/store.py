@@ -95,11 +95,11 @@ class DatasetStore:
         """Delete the row, then the files; refused with ``Conflict`` while a queued or running job reads it.
         Finished jobs let go of it (their ``dataset_id`` becomes null), so that the foreign key allows it."""
         with self._db.begin() as db:
-            row = db.get(Dataset, dataset_id)
+            # The row is locked (PostgreSQL) and a write comes first (it takes SQLite's write lock), so no job
+            # can be queued for it between the count of active jobs below and the delete.
+            row = db.get(Dataset, dataset_id, with_for_update=True)
             if row is None:
                 raise NotFound(f"no dataset {dataset_id!r}")
-            # The write comes first: it takes SQLite's write lock, so no job can be queued between the
-            # count of active jobs below and the delete.
             db.execute(
                 update(Job)
                 .where(Job.dataset_id == dataset_id, Job.state.not_in(ACTIVE))

@@ -38,7 +38,9 @@ def alembic_config(url: str) -> Config:
 
 
 def migrate(url: str) -> None:
-    """Upgrade the database at ``url`` to the newest revision, creating it if needed."""
+    """Upgrade the database at ``url`` to the newest revision, creating it if needed. Processes that migrate
+    one database at once take turns on a lock of the database's own (``alembic/env.py``), so the first
+    migrates and the others find nothing to do."""
     command.upgrade(alembic_config(url), "head")
 
 

@@ -1,6 +1,7 @@
 """The service's side of jobs: start a worker process per claimed job (at most ``max_jobs`` at once),
 stop the workers of cancelled jobs, requeue jobs whose worker died so that they resume, and load what the
-workers publish. ``tick`` does one round; the service calls it every ``POLL_SECONDS``."""
+workers publish. ``tick`` does one round; every service process calls it every ``POLL_SECONDS``, and of the
+processes sharing a data directory only the one holding its ``RUNNER_LOCK`` runs jobs."""
 
 from __future__ import annotations
 
@@ -19,13 +20,16 @@ from app.config import Settings
 from app.jobs.spec import JobSpec
 from app.jobs.store import JobStore
 from app.jobs.worker import JOBS
+from app.locks import FileLock
 from app.serving import Registry
 
-__all__ = ["POLL_SECONDS", "STOP_SECONDS", "JobRunner", "worker_command"]
+__all__ = ["POLL_SECONDS", "RUNNER_LOCK", "STOP_SECONDS", "JobRunner", "worker_command"]
 
 POLL_SECONDS = 0.5
 STOP_SECONDS = 5.0
 """How long a worker gets to stop after SIGTERM before SIGKILL."""
+RUNNER_LOCK = "job-runner.lock"
+"""The lock file in the data directory that the process running its jobs holds."""
 LOG_TAIL = 2000
 
 logger = logging.getLogger(__name__)
@@ -55,27 +59,35 @@ def settings_environment(settings: Settings) -> dict[str, str]:
 
 @dataclass
 class JobRunner:
-    """The workers this service process started, by job id."""
+    """The workers this service process started, by job id. Of the processes sharing a data directory (the
+    workers of ``metaserve serve --workers N``, replicas), one runs jobs: the first to take ``RUNNER_LOCK``,
+    until it ends; the others try again every round, so one of them takes over when it dies."""
 
     settings: Settings
     store: JobStore
     registry: Registry
     workers: dict[str, _Worker] = field(default_factory=dict)
+    lock: FileLock = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.lock = FileLock(Path(self.settings.data_dir) / RUNNER_LOCK)
 
     def tick(self) -> None:
-        """One round: reap, stop the cancelled, requeue the orphaned, start what fits, load what was
-        published."""
-        self._reap()
-        self._stop_cancelled()
-        stale = timedelta(seconds=self.settings.job_stale_seconds)
-        self.store.requeue(stale=stale, besides=list(self.workers))
-        while len(self.workers) < self.settings.max_jobs and (job_id := self.store.claim()) is not None:
-            self._start(job_id)
+        """One round: if this process runs the jobs, reap, stop the cancelled, requeue the orphaned and
+        start what fits; in every process, load what was published."""
+        if self._leads():
+            self._reap()
+            self._stop_cancelled()
+            stale = timedelta(seconds=self.settings.job_stale_seconds)
+            self.store.requeue(stale=stale, besides=list(self.workers))
+            while len(self.workers) < self.settings.max_jobs and (job_id := self.store.claim()) is not None:
+                self._start(job_id)
         for model in self.registry.sync():
             logger.info("loaded the published %s", model.ref)
 
     def stop(self) -> None:
-        """Stop every worker (SIGTERM, then SIGKILL) and requeue their jobs, to resume at the next start."""
+        """Stop every worker (SIGTERM, then SIGKILL), requeue their jobs to resume at the next start, and
+        leave the jobs to another process."""
         for worker in self.workers.values():
             _signal(worker.process, signal.SIGTERM)
         deadline = time.monotonic() + STOP_SECONDS
@@ -87,6 +99,13 @@ class JobRunner:
                 worker.process.wait()
         self.store.requeue(list(self.workers))
         self.workers.clear()
+        self.lock.release()
+
+    def _leads(self) -> bool:
+        """Whether this process runs the jobs, taking ``RUNNER_LOCK`` if no other process holds it."""
+        if not self.lock.held and self.lock.acquire():
+            logger.info("process %d runs the jobs of %s", os.getpid(), self.settings.data_dir)
+        return self.lock.held
 
     def _start(self, job_id: str) -> None:
         job, _ = self.store.get(job_id)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 import torch
-from sqlalchemy import select, update
+from sqlalchemy import exc, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.checkpoint import CheckpointError, load_card, load_weights
@@ -113,10 +113,11 @@ class Registry:
                 )
                 continue
             found[checkpoint.key] = checkpoint
-        with session_factory.begin() as db:
-            rows = {key: _upsert(db, c) for key, c in found.items()}
-            db.flush()
-            models = {key: _loaded(rows[key].id, c, device) for key, c in found.items()}
+        try:
+            ids = _upserted(session_factory, found)
+        except exc.IntegrityError:  # a process starting beside this one inserted a row first: take it
+            ids = _upserted(session_factory, found)
+        models = {key: _loaded(ids[key], c, device) for key, c in found.items()}
         for key, model in models.items():
             _warm_up(model)
             logger.info("serving %s from %s on %s", model.ref, found[key].directory, device)
@@ -242,6 +243,16 @@ def _read(directory: Path, device: torch.device) -> _Checkpoint:
     if got != expected:
         raise CheckpointError(f"the weights do not fit the card's net: expected {expected}, got {got}")
     return _Checkpoint(directory, card, learner, {k: v.to(device) for k, v in params.items()}, inner)
+
+
+def _upserted(
+    session_factory: sessionmaker[Session], found: Mapping[tuple[str, int], _Checkpoint]
+) -> dict[tuple[str, int], int]:
+    """The row ids of the checkpoints, upserted in one transaction."""
+    with session_factory.begin() as db:
+        rows = {key: _upsert(db, c) for key, c in found.items()}
+        db.flush()
+        return {key: row.id for key, row in rows.items()}
 
 
 def _upsert(db: Session, checkpoint: _Checkpoint) -> Initialization:
