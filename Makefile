@@ -7,7 +7,7 @@ ANCHORS ?= ../shared/anchors
 ANCHORS_VENV ?= .venv-anchors
 BIN := $(VENV)/bin
 
-.PHONY: serve test lint postgres bench clean
+.PHONY: serve test lint postgres bench bench-serve clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,14 @@ $(ANCHORS_VENV)/bin/python:
 
 bench: $(BIN)/.installed $(ANCHORS_VENV)/bin/python
 	PYTHONPATH=. $(ANCHORS_VENV)/bin/python bench/maml.py --anchors $(ANCHORS)/bench_maml.py
+
+# Serving benchmarks (bench/README.md): engine batching, the service under wrk (Debian's package, installed
+# when missing), session memory; results in bench/results/.
+bench-serve: $(BIN)/.installed-dev
+	@command -v wrk >/dev/null || $$([ "$$(id -u)" = 0 ] || echo sudo) apt-get install -y -q wrk
+	$(BIN)/python bench/batched.py
+	$(BIN)/python bench/load.py
+	$(BIN)/python bench/resident.py
 
 clean:
 	rm -rf $(VENV) $(ANCHORS_VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -43,13 +43,50 @@ class Settings(BaseSettings):
         default=86400, gt=0, description="Seconds a session lives after its last use before it is deleted."
     )
     session_cache_bytes: int = Field(
-        default=256 * MiB, gt=0, description="Device memory for the cache of adapted sessions, in bytes."
+        default=256 * MiB,
+        gt=0,
+        description="Device memory for the most recently used sessions' adapted tensors, in bytes.",
+    )
+    session_host_bytes: int = Field(
+        default=1024 * MiB,
+        ge=0,
+        description="Host memory for the sessions' adapted tensors that the device evicts, in bytes; "
+        "others are read from their files. On a CPU device both budgets are host memory, one LRU together.",
     )
     durable_writes: bool = Field(
         default=False,
         description="Fsync every session file and database commit before answering, so that an "
         "acknowledged session survives a power loss too (about 1 ms more per /adapt). Either way writes are "
         "atomic and survive any crash of the process.",
+    )
+    batching: bool = Field(
+        default=True,
+        description="Gather concurrent /adapt and /predict calls on one model into batches run as one "
+        "computation; off serves every call on its own.",
+    )
+    max_batch: int = Field(default=64, ge=1, description="Most calls in one batch.")
+    max_batch_delay_ms: float = Field(
+        default=1.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="How long an idle batcher waits for more calls to join the first one, in milliseconds.",
+    )
+    max_queue: int = Field(
+        default=1024,
+        ge=1,
+        description="Most /adapt (and, apart, /predict) calls waiting or running at once; more are refused "
+        "with 503 and Retry-After.",
+    )
+    request_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Longest an /adapt or /predict call waits for its answer before a 503.",
+    )
+    compile: bool = Field(
+        default=False,
+        description="Run /adapt's inner steps and /predict's forward passes through torch.compile: less "
+        "Python overhead per batch on a GPU, a compile of some seconds per new shape; no help on a CPU.",
     )
     max_support: int = Field(default=1000, gt=0, description="Most support examples in one adaptation.")
     max_query: int = Field(default=10000, gt=0, description="Most query points in one prediction.")

@@ -4,9 +4,11 @@ database, loads and warms up the models, and sweeps expired sessions while the s
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from typing import TypeVar
 
 from anyio import to_thread
 from fastapi import FastAPI
@@ -21,6 +23,8 @@ from app.db.migrate import migrate
 from app.jobs.runner import POLL_SECONDS, JobRunner
 from app.jobs.store import JobStore
 from app.serving import Registry, SessionStore
+from app.serving.batcher import Batcher
+from app.serving.predict import answer_many
 from app.training import resolve_device
 
 __all__ = ["SWEEP_SECONDS", "create_app"]
@@ -29,6 +33,8 @@ SWEEP_SECONDS = 60.0
 """How often expired sessions are deleted while the service runs."""
 
 logger = logging.getLogger(__name__)
+Item = TypeVar("Item")
+Result = TypeVar("Result")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -62,6 +68,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         swept = await to_thread.run_sync(store.sweep_expired), await to_thread.run_sync(store.sweep_orphans)
         logger.info("swept %d expired sessions and %d orphan files", *swept)
         app.state.registry, app.state.store = registry, store
+        app.state.adapting = _batcher(store.create_many, settings)
+        app.state.predicting = _batcher(functools.partial(answer_many, registry, store), settings)
         app.state.datasets = DatasetStore(settings, factory)
         app.state.jobs = JobStore(factory)
         runner = JobRunner(settings, app.state.jobs, registry)
@@ -77,9 +85,24 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             for loop in loops:
                 loop.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
+            await asyncio.gather(app.state.adapting.close(), app.state.predicting.close())
             await to_thread.run_sync(runner.stop)
     finally:
         engine.dispose()
+
+
+def _batcher(
+    run: Callable[[Sequence[Item]], Sequence[Result | Exception]], settings: Settings
+) -> Batcher[Item, Result]:
+    """A batcher of ``run`` with the settings' batching, bounds and timeout."""
+    return Batcher(
+        run,
+        batching=settings.batching,
+        max_batch=settings.max_batch,
+        max_delay=settings.max_batch_delay_ms / 1000,
+        max_queue=settings.max_queue,
+        timeout=settings.request_timeout_seconds,
+    )
 
 
 async def _repeat(seconds: float, work: Callable[[], object], what: str) -> None:

@@ -6,6 +6,7 @@ service overhead shows as the difference. Usage: ``python bench/serve.py --help`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -17,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -94,36 +95,22 @@ class Wire:
         return answer
 
 
-def over_http(tasks: TaskBatch, warmup: int, calls: int) -> dict[str, list[float]]:
-    """Per-call milliseconds of /adapt, /predict (last session) and /predict (model) on the wire, and of
-    /adapt through the typed ``app.client.Client``."""
-    xs, ys = tasks.support_x.squeeze(-1).tolist(), tasks.support_y.squeeze(-1).tolist()
-    queries = tasks.query_x.squeeze(-1).tolist()
+@contextlib.contextmanager
+def served(**settings: str) -> Iterator[int]:
+    """A ``metaserve serve`` on a fresh data directory and a free loopback port, with ``settings`` as
+    METASERVE_* variables (``batching="off"``), ready; yields the port and stops it with SIGTERM."""
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="metaserve-bench-") as data_dir:
         log = Path(data_dir) / "server.log"
         env = {**os.environ, "METASERVE_DATA_DIR": data_dir, "METASERVE_DEVICE": "cpu"}
+        env |= {f"METASERVE_{name.upper()}": value for name, value in settings.items()}
         command = [str(Path(sys.executable).with_name("metaserve")), "serve", "--port", str(port)]
         with log.open("wb") as sink:
             server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
         try:
             with Client(f"http://127.0.0.1:{port}") as client:
                 wait_ready(client, server, log)
-                wire, sessions = Wire(port), []
-
-                def adapt(i: int) -> None:
-                    body = {"model": MODEL, "support": {"x": xs[i], "y": ys[i]}}
-                    sessions.append(wire.post("/adapt", body)["session_id"])
-
-                endpoints: dict[str, Callable[[int], object]] = {
-                    "/adapt": adapt,
-                    "/predict (session)": lambda i: wire.post(
-                        "/predict", {"session_id": sessions[-1], "x": queries[i]}
-                    ),
-                    "/predict (model)": lambda i: wire.post("/predict", {"model": MODEL, "x": queries[i]}),
-                    "/adapt (app.client)": lambda i: client.adapt(xs[i], ys[i], model=MODEL),
-                }
-                ms = {name: timed(call, warmup, calls) for name, call in endpoints.items()}
+            yield port
         finally:
             server.send_signal(signal.SIGTERM)
             try:
@@ -131,6 +118,29 @@ def over_http(tasks: TaskBatch, warmup: int, calls: int) -> dict[str, list[float
             except subprocess.TimeoutExpired:
                 server.kill()
                 server.wait()
+
+
+def over_http(tasks: TaskBatch, warmup: int, calls: int) -> dict[str, list[float]]:
+    """Per-call milliseconds of /adapt, /predict (last session) and /predict (model) on the wire, and of
+    /adapt through the typed ``app.client.Client``."""
+    xs, ys = tasks.support_x.squeeze(-1).tolist(), tasks.support_y.squeeze(-1).tolist()
+    queries = tasks.query_x.squeeze(-1).tolist()
+    with served() as port, Client(f"http://127.0.0.1:{port}") as client:
+        wire, sessions = Wire(port), []
+
+        def adapt(i: int) -> None:
+            body = {"model": MODEL, "support": {"x": xs[i], "y": ys[i]}}
+            sessions.append(wire.post("/adapt", body)["session_id"])
+
+        endpoints: dict[str, Callable[[int], object]] = {
+            "/adapt": adapt,
+            "/predict (session)": lambda i: wire.post(
+                "/predict", {"session_id": sessions[-1], "x": queries[i]}
+            ),
+            "/predict (model)": lambda i: wire.post("/predict", {"model": MODEL, "x": queries[i]}),
+            "/adapt (app.client)": lambda i: client.adapt(xs[i], ys[i], model=MODEL),
+        }
+        ms = {name: timed(call, warmup, calls) for name, call in endpoints.items()}
     return ms
 
 

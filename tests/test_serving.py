@@ -284,7 +284,8 @@ def test_a_restarted_store_gives_bit_identical_predictions(
     found, params = restarted.get(record.id)
     engine.dispose()
     assert predict(restarted.registry.get("sinusoid"), params, queries) == before
-    assert (restarted.cache.hits, restarted.cache.misses) == (0, 1)
+    device = restarted.cache.stats()["device"]
+    assert (device.hits, device.misses) == (0, 1)
     assert (found.id, found.model, found.loss_after, found.created) == (
         record.id, record.model, record.loss_after, record.created)  # fmt: skip
     assert found.expires - found.last_used == timedelta(days=1)
@@ -351,18 +352,23 @@ def test_the_cache_evicts_the_least_recently_used_session_and_reloads_it_from_di
     settings: Settings, db: sessionmaker[Session], registry: Registry
 ) -> None:
     store = SessionStore(
-        settings.model_copy(update={"session_cache_bytes": SINUSOID_BYTES + 100}), db, registry
+        settings.model_copy(update={"session_cache_bytes": SINUSOID_BYTES + 100, "session_host_bytes": 0}),
+        db,
+        registry,
     )
     model = registry.get("sinusoid")
     first, second = store.create(model, *sinusoid(1)[:2]), store.create(model, *sinusoid(2)[:2])
-    assert (store.cache.evictions, store.cache.size_bytes, len(store.cache)) == (1, SINUSOID_BYTES, 1)
+    device = store.cache.stats()["device"]
+    assert (device.evictions, device.size_bytes, len(store.cache)) == (1, SINUSOID_BYTES, 1)
     assert second.id in store.cache and first.id not in store.cache
 
     queries = query_tensor(model, sinusoid(1)[2].tolist(), 100)
     reloaded = store.get(first.id)[1]  # a miss: read from disk, evicting the second session
-    assert (store.cache.hits, store.cache.misses, store.cache.evictions) == (0, 1, 2)
+    device = store.cache.stats()["device"]
+    assert (device.hits, device.misses, device.evictions) == (0, 1, 2)
     cached = store.get(first.id)[1]
-    assert (store.cache.hits, store.cache.misses) == (1, 1)
+    device = store.cache.stats()["device"]
+    assert (device.hits, device.misses) == (1, 1)
     on_disk = load_file(session_file(settings, first))
     assert all(torch.equal(reloaded[k], on_disk[k]) and torch.equal(cached[k], on_disk[k]) for k in on_disk)
     assert predict(model, reloaded, queries) == predict(model, cached, queries)

@@ -1,5 +1,5 @@
 """Dependencies of the routes as ``Annotated`` aliases: the settings, the loaded models, the sessions, the
-datasets and the jobs."""
+batchers of /adapt and /predict, the datasets and the jobs."""
 
 from __future__ import annotations
 
@@ -12,9 +12,22 @@ from starlette.datastructures import State
 from app.config import Settings
 from app.datasets import DatasetStore
 from app.jobs.store import JobStore
-from app.serving import Registry, SessionStore
+from app.serving import Registry, SessionRecord, SessionStore
+from app.serving.batcher import Batcher
+from app.serving.predict import Answer, Query
+from app.serving.sessions import SupportSet
 
-__all__ = ["DatasetStoreDep", "JobStoreDep", "RegistryDep", "SettingsDep", "StoreDep", "ready"]
+__all__ = [
+    "AdaptingDep",
+    "DatasetStoreDep",
+    "JobStoreDep",
+    "PredictingDep",
+    "RegistryDep",
+    "SettingsDep",
+    "StoreDep",
+    "caller_gone",
+    "ready",
+]
 
 
 def ready(request: Request) -> bool:
@@ -48,3 +61,16 @@ RegistryDep = Annotated[Registry, Depends(_served("registry"))]
 StoreDep = Annotated[SessionStore, Depends(_served("store"))]
 DatasetStoreDep = Annotated[DatasetStore, Depends(_served("datasets"))]
 JobStoreDep = Annotated[JobStore, Depends(_served("jobs"))]
+AdaptingDep = Annotated[Batcher[SupportSet, SessionRecord], Depends(_served("adapting"))]
+PredictingDep = Annotated[Batcher[Query, Answer], Depends(_served("predicting"))]
+
+
+def caller_gone(request: Request) -> Callable[[], Awaitable[None]]:
+    """What completes when the client of ``request`` disconnects (its body already read), so that a call
+    waiting for a batch can be dropped."""
+
+    async def gone() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    return gone

@@ -11,9 +11,12 @@ from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from app.serving import Conflict, NotFound
+from app.serving.errors import CallerGone, Conflict, NotFound, Overloaded
 
 __all__ = ["install_error_handlers", "invalid_fields"]
+
+CLIENT_CLOSED_REQUEST = 499
+"""nginx's status for a request whose client left before the answer; logged, never read."""
 
 # The serving layer's messages start with the field: "x[3]: expected shape ...", "steps: must be ...".
 _FIELD = re.compile(r"(?P<name>[a-z_]+)(?P<indices>(?:\[\d+\])*): (?P<message>.+)", re.DOTALL)
@@ -45,6 +48,21 @@ def _conflict(request: Request, error: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(error)}, status_code=status.HTTP_409_CONFLICT)
 
 
+def _overloaded(request: Request, error: Exception) -> JSONResponse:
+    retry_after = error.retry_after if isinstance(error, Overloaded) else 1
+    return JSONResponse(
+        {"detail": str(error)},
+        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+def _caller_gone(request: Request, error: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(error)}, status_code=CLIENT_CLOSED_REQUEST)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(NotFound, _not_found)
     app.add_exception_handler(Conflict, _conflict)
+    app.add_exception_handler(Overloaded, _overloaded)
+    app.add_exception_handler(CallerGone, _caller_gone)

@@ -11,7 +11,7 @@ import functools
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,7 @@ __all__ = [
     "MetaGrad",
     "Params",
     "adapt",
+    "compiled_form",
     "final_params",
     "inner_steps",
     "lr_key",
@@ -35,6 +36,7 @@ __all__ = [
 ]
 
 Params = dict[str, Tensor]
+Result = TypeVar("Result")
 MetaGrad = Literal["second", "first", "none"]
 """How the adapted parameters depend on the initialization: through the full inner-loop graph
 (MAML), through the identity only (first-order MAML), or not at all (serving, evaluation, Reptile)."""
@@ -249,7 +251,7 @@ def adapt(
         return final_params(learner, params, x, y, inner, meta_grad)
     if meta_grad != "none":
         raise ValueError("compiled adaptation takes no meta-gradient: pass meta_grad='none'")
-    return _compiled_final_params()(learner, params, x, y, inner, meta_grad)
+    return compiled_form(final_params)(learner, params, x, y, inner, meta_grad)
 
 
 def final_params(
@@ -270,5 +272,7 @@ def final_params(
 
 
 @functools.cache
-def _compiled_final_params() -> Callable[..., Params]:
-    return torch.compile(final_params)
+def compiled_form(function: Callable[..., Result]) -> Callable[..., Result]:
+    """``function`` through ``torch.compile``, made once per function; each new net or shape compiles on
+    its first call, later calls skip Python and autograd overhead."""
+    return torch.compile(function)

@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
 from app.meta.algorithms import vectorizes
-from app.meta.functional import InnerLoop, Learner, Params, final_params
+from app.meta.functional import InnerLoop, Learner, Params, compiled_form, final_params
 
 __all__ = ["Adaptation", "adapt_many", "predict_many", "stack"]
 
@@ -42,10 +42,16 @@ def stack(sets: Sequence[Params]) -> Params:
 
 
 def predict_many(
-    learner: Learner, base: Params, changed: Sequence[Params], xs: Sequence[Tensor]
+    learner: Learner,
+    base: Params,
+    changed: Sequence[Params],
+    xs: Sequence[Tensor],
+    compile_forward: bool = False,
 ) -> list[Tensor]:
     """The outputs for each query set ``xs[i]`` of the parameters ``{**base, **changed[i]}``; each
-    ``changed[i]`` holds the same names (a session's adapted tensors, or none for the initialization)."""
+    ``changed[i]`` holds the same names (a session's adapted tensors, or none for the initialization).
+    ``compile_forward`` runs the forward passes through ``torch.compile``."""
+    forward = compiled_form(_forward) if compile_forward else _forward
     if len(changed) != len(xs):
         raise ValueError(f"give one query set per parameter set: {len(changed)} sets, {len(xs)} query sets")
     outputs: list[Tensor] = [torch.empty(0)] * len(xs)
@@ -53,17 +59,23 @@ def predict_many(
         for group in _groups(learner, xs):
             x = _batch([xs[i] for i in group])
             sets = [changed[i] for i in group]
-            out = learner.predict({**base, **(sets[0] if len(group) == 1 else stack(sets))}, x)
+            out = forward(learner, {**base, **(sets[0] if len(group) == 1 else stack(sets))}, x)
             for row, i in enumerate(group):
                 outputs[i] = out if len(group) == 1 else out[row, : len(xs[i])]
     return outputs
 
 
 def adapt_many(
-    learner: Learner, params: Params, supports: Sequence[tuple[Tensor, Tensor]], inner: InnerLoop
+    learner: Learner,
+    params: Params,
+    supports: Sequence[tuple[Tensor, Tensor]],
+    inner: InnerLoop,
+    compile_steps: bool = False,
 ) -> list[Adaptation]:
     """Adapt ``params`` to each support set ``(x, y)`` with the same inner loop, with no meta-gradient,
-    for sets the caller has already checked (``Learner.check``)."""
+    for sets the caller has already checked (``Learner.check``); ``compile_steps`` runs the inner steps
+    through ``torch.compile``."""
+    steps = compiled_form(final_params) if compile_steps else final_params
     results: list[Adaptation | None] = [None] * len(supports)
     xs = [x for x, _ in supports]
     with torch.no_grad():
@@ -76,10 +88,10 @@ def adapt_many(
                 mask = (torch.arange(x.shape[1], device=x.device) < lengths[:, None]).to(x.dtype)
             if inner.adapts == "head":  # the body's output is the same before, during and after
                 features = learner.features(params, x)
-                adapted = final_params(learner, params, x, y, inner, "none", mask, features)
+                adapted = steps(learner, params, x, y, inner, "none", mask, features)
                 losses = [learner.head_losses(p, features, y, mask) for p in (params, adapted)]
             else:
-                adapted = final_params(learner, params, x, y, inner, "none", mask)
+                adapted = steps(learner, params, x, y, inner, "none", mask)
                 losses = [learner.losses(p, x, y, mask) for p in (params, adapted)]
             before, after = (loss.reshape(-1).tolist() for loss in losses)
             for row, i in enumerate(group):
@@ -90,6 +102,11 @@ def adapt_many(
                 }
                 results[i] = Adaptation(changed, before[row], after[row])
     return [r for r in results if r is not None]
+
+
+def _forward(learner: Learner, params: Params, x: Tensor) -> Tensor:
+    """``learner.predict`` as a plain function, which ``torch.compile`` takes once for every learner."""
+    return learner.predict(params, x)
 
 
 def _batch(sets: Sequence[Tensor]) -> Tensor:

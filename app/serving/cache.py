@@ -1,67 +1,194 @@
-"""A least-recently-used cache of adapted tensors on the device, bounded by the bytes they hold."""
+"""Sessions' adapted tensors in memory, in two least-recently-used tiers bounded by the bytes they hold:
+the device, then host memory; a session in neither is read from its file, the last tier."""
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
 
 from app.meta import Params
 
-__all__ = ["ParamsCache"]
+__all__ = ["SessionCache", "TierStats"]
+
+CPU = torch.device("cpu")
 
 
-def _bytes(params: Params) -> int:
-    return sum(t.numel() * t.element_size() for t in params.values())
+@dataclass(frozen=True)
+class TierStats:
+    """One tier's counts since the cache was made and its contents now. A get looks in the device tier, and
+    on a miss there in the host tier; an eviction pushes the least recently used entry out to make room
+    (the device's down to the host tier)."""
+
+    hits: int
+    misses: int
+    evictions: int
+    entries: int
+    size_bytes: int
+    capacity_bytes: int
 
 
-class ParamsCache:
-    """Parameter sets by key; putting one evicts the least recently used until the total fits
-    ``capacity_bytes``. A set larger than the whole capacity is not kept. Safe to share across threads."""
+class _Slot(NamedTuple):
+    """Where one parameter lies, contiguous, in an entry's flat tensor."""
+
+    name: str
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    offset: int
+
+
+_Layout = tuple[_Slot, ...]
+"""The slots of one kind of parameter set, shared by every entry of that kind."""
+
+
+class _Entry(NamedTuple):
+    """A parameter set as one flat tensor: one tensor object per entry, not one per parameter."""
+
+    flat: Tensor
+    layout: _Layout
+
+    def params(self) -> Params:
+        """The parameters as views of ``flat`` (``as_strided``: a third of the cost of split and view)."""
+        return {s.name: self.flat.as_strided(s.shape, s.stride, s.offset) for s in self.layout}
+
+    def to(self, device: torch.device) -> _Entry:
+        return _Entry(self.flat.to(device), self.layout)
+
+
+class _Tier:
+    """One LRU level of entries by key, with its counts; the caller holds the cache's lock."""
 
     def __init__(self, capacity_bytes: int) -> None:
         self.capacity_bytes = capacity_bytes
-        self.size_bytes = 0
-        self.hits = 0
-        self.misses = 0
-        self.evictions = 0
-        self._entries: OrderedDict[str, tuple[Params, int]] = OrderedDict()
+        self.size_bytes = self.hits = self.misses = self.evictions = 0
+        self.entries: OrderedDict[str, _Entry] = OrderedDict()
+
+    def get(self, key: str) -> _Entry | None:
+        """The entry, now the most recently used, or None; counted as a hit or a miss."""
+        entry = self.entries.get(key)
+        if entry is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self.entries.move_to_end(key)
+        return entry
+
+    def pop(self, key: str) -> _Entry | None:
+        entry = self.entries.pop(key, None)
+        if entry is not None:
+            self.size_bytes -= entry.flat.nbytes
+        return entry
+
+    def add(self, key: str, entry: _Entry) -> list[tuple[str, _Entry]]:
+        """Keep ``entry`` (``key`` absent) as the most recently used; returns what no longer fits: the least
+        recently used entries evicted for it, or the entry itself when it exceeds the whole capacity."""
+        size = entry.flat.nbytes
+        if size > self.capacity_bytes:
+            return [(key, entry)]
+        evicted: list[tuple[str, _Entry]] = []
+        while self.size_bytes + size > self.capacity_bytes:
+            evicted.append(self.entries.popitem(last=False))
+            self.size_bytes -= evicted[-1][1].flat.nbytes
+            self.evictions += 1
+        self.entries[key] = entry
+        self.size_bytes += size
+        return evicted
+
+    def stats(self) -> TierStats:
+        return TierStats(
+            self.hits, self.misses, self.evictions, len(self.entries), self.size_bytes, self.capacity_bytes
+        )
+
+
+class SessionCache:
+    """Parameter sets by key on ``device``, at most ``device_bytes`` of tensors there, and at most
+    ``host_bytes`` more in host memory. A set evicted from the device moves to the host (a copy; what the
+    host evicts is dropped), and a host hit moves it back to the device: each set is in one tier at most.
+    A set larger than a tier skips it: it goes to the host, or is not kept; one that only the host can
+    hold is copied to the device on every get. On a CPU device both tiers are host memory and moving a
+    set between them copies nothing: together they are one LRU of ``device_bytes + host_bytes``.
+
+    Budgets count the bytes the tensors hold: ``put`` copies each set into one flat tensor of its own (its
+    dtype must be uniform), so no view of a larger tensor is kept alive unaccounted, and the per-tensor
+    overhead of Python and torch objects (measured in ``bench/resident.py``) is paid once per set. ``get``
+    answers views of that tensor, valid for as long as the caller holds them. Safe to share across
+    threads; copies between tiers happen under the lock."""
+
+    def __init__(self, device: torch.device, device_bytes: int, host_bytes: int) -> None:
+        if device_bytes < 0 or host_bytes < 0:
+            raise ValueError(f"budgets must be >= 0 bytes; got device {device_bytes}, host {host_bytes}")
+        self.device = device
+        self._device = _Tier(device_bytes)
+        self._host = _Tier(host_bytes)
+        # One layout per kind of set (its names and shapes), shared by its entries: a few kinds per model.
+        self._layouts: dict[tuple[tuple[str, torch.Size], ...], _Layout] = {}
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return len(self._entries)
+        with self._lock:
+            return len(self._device.entries) + len(self._host.entries)
 
     def __contains__(self, key: str) -> bool:
-        return key in self._entries
+        with self._lock:
+            return key in self._device.entries or key in self._host.entries
 
     def get(self, key: str) -> Params | None:
-        """The set under ``key``, now the most recently used, or None (counted as a miss)."""
+        """The set under ``key`` on the device, now the most recently used, or None."""
         with self._lock:
-            entry = self._entries.get(key)
+            entry = self._device.get(key)
             if entry is None:
-                self.misses += 1
-                return None
-            self.hits += 1
-            self._entries.move_to_end(key)
-            return entry[0]
+                held = self._host.get(key)
+                if held is not None:
+                    entry = held.to(self.device)
+                    if entry.flat.nbytes <= self._device.capacity_bytes:
+                        self._host.pop(key)
+                        self._keep(key, entry)
+        return None if entry is None else entry.params()
 
     def put(self, key: str, params: Params) -> None:
-        size = _bytes(params)
+        """Keep a copy of ``params`` under ``key`` on the device, replacing the set in either tier."""
+        tensors = list(params.values())
+        if not tensors or any(t.dtype != tensors[0].dtype for t in tensors):
+            got = {name: str(t.dtype) for name, t in params.items()}
+            raise TypeError(f"params: need at least one tensor, all of one dtype; got {got}")
+        flat = torch.cat([t.detach().reshape(-1) for t in tensors]).to(self.device)
+        kind = tuple((name, t.shape) for name, t in params.items())
         with self._lock:
-            self._remove(key)
-            if size > self.capacity_bytes:
-                return
-            while self.size_bytes + size > self.capacity_bytes:
-                _, (_, evicted) = self._entries.popitem(last=False)
-                self.size_bytes -= evicted
-                self.evictions += 1
-            self._entries[key] = (params, size)
-            self.size_bytes += size
+            layout = self._layouts.get(kind)
+            if layout is None:
+                layout = self._layouts[kind] = _layout(params)
+            entry = _Entry(flat, layout)
+            self._device.pop(key)
+            self._host.pop(key)
+            self._keep(key, entry)
 
     def discard(self, key: str) -> None:
+        """Forget ``key`` in both tiers (a deleted or expired session); an unknown key is no error."""
         with self._lock:
-            self._remove(key)
+            self._device.pop(key)
+            self._host.pop(key)
 
-    def _remove(self, key: str) -> None:
-        entry = self._entries.pop(key, None)
-        if entry is not None:
-            self.size_bytes -= entry[1]
+    def stats(self) -> dict[str, TierStats]:
+        """Each tier's counts, by name: ``device`` and ``host``."""
+        with self._lock:
+            return {"device": self._device.stats(), "host": self._host.stats()}
+
+    def _keep(self, key: str, entry: _Entry) -> None:
+        """Put ``entry`` in the device tier and demote what that pushes out to the host tier."""
+        for demoted, old in self._device.add(key, entry):
+            if old.flat.nbytes <= self._host.capacity_bytes:
+                self._host.add(demoted, old.to(CPU))
+
+
+def _layout(params: Params) -> _Layout:
+    """The slots of ``params`` laid end to end in order."""
+    slots, offset = [], 0
+    for name, tensor in params.items():
+        contiguous = torch.empty(tensor.shape, device="meta").stride()
+        slots.append(_Slot(name, tuple(tensor.shape), contiguous, offset))
+        offset += tensor.numel()
+    return tuple(slots)

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-__all__ = ["Conflict", "NotFound"]
+__all__ = ["CallerGone", "Conflict", "NotFound", "Overloaded", "TimedOut"]
 
 
 class NotFound(LookupError):  # noqa: N818 (the API's word for a 404)
@@ -12,3 +12,20 @@ class NotFound(LookupError):  # noqa: N818 (the API's word for a 404)
 
 class Conflict(Exception):  # noqa: N818 (the API's word for a 409)
     """A request that its target's state refuses: cancelling a finished job, deleting a dataset in use."""
+
+
+class Overloaded(Exception):  # noqa: N818 (the API's word for a 503)
+    """Too many calls are waiting: refused at once rather than queued without bound; retry after
+    ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class TimedOut(Overloaded):
+    """A call that waited longer than the service's timeout, given up rather than left waiting."""
+
+
+class CallerGone(Exception):  # noqa: N818 (nginx's 499: the client closed the request)
+    """A call dropped because its caller disconnected while it waited; nobody reads the answer."""

@@ -8,27 +8,31 @@ import functools
 import math
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors.torch import load_file, save
-from sqlalchemy import Select, delete, insert, select
+from sqlalchemy import Select, delete, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
+from torch import Tensor
 
 from app.config import Settings
 from app.db.tables import AdaptedSession, Initialization, utc_now
 from app.files import write_atomically
-from app.meta import InnerLoop, Params, adapt
-from app.serving.cache import ParamsCache
+from app.meta import InnerLoop, Params
+from app.meta.stacked import Adaptation, adapt_many
+from app.serving.cache import SessionCache
 from app.serving.errors import NotFound
 from app.serving.examples import Label, support_tensors
 from app.serving.registry import LoadedModel, Registry
 
-__all__ = ["MAX_PAGE_SIZE", "SESSIONS", "SessionRecord", "SessionStore"]
+__all__ = ["MAX_PAGE_SIZE", "SESSIONS", "Opened", "SessionRecord", "SessionStore", "SupportSet"]
+
+Result = TypeVar("Result")
 
 SESSIONS = "sessions"
 """The sessions' folder in the data directory."""
@@ -65,6 +69,27 @@ class SessionRecord:
         return cls(model=model, **{f.name: value(f.name) for f in fields(cls) if f.name != "model"})
 
 
+@dataclass(frozen=True)
+class SupportSet:
+    """One adaptation asked for: a model, the support set as the request gave it, steps and rate (None:
+    the card's)."""
+
+    model: LoadedModel
+    x: builtins.list[Any]
+    y: builtins.list[Any]
+    steps: int | None = None
+    lr: float | None = None
+
+
+@dataclass(frozen=True)
+class Opened:
+    """A live session: its record, its model, and the tensors adaptation changed."""
+
+    record: SessionRecord
+    model: LoadedModel
+    changed: Params
+
+
 class SessionStore:
     """Sessions of the registry's models: files ``sessions/<id>.safetensors`` in the data directory
     (the row's ``path`` is relative to it), rows in ``sessions``, and ``cache``, the device LRU of the
@@ -78,7 +103,7 @@ class SessionStore:
         self.directory = Path(settings.data_dir) / SESSIONS
         self.directory.mkdir(parents=True, exist_ok=True)
         self.registry = registry
-        self.cache = ParamsCache(settings.session_cache_bytes)
+        self.cache = SessionCache(registry.device, settings.session_cache_bytes, settings.session_host_bytes)
         self._db = session_factory
         self._ttl = timedelta(seconds=settings.session_ttl_seconds)
         self._touch = min(self._ttl / 100, TOUCH_AT_MOST)
@@ -93,17 +118,78 @@ class SessionStore:
     ) -> SessionRecord:
         """Adapt ``model`` to the support set ``(x, y)`` (see ``support_tensors``) with ``steps`` inner steps
         of ``lr`` (the card's defaults when None; learned inner rates in the parameters take precedence)."""
-        steps, lr = self._checked(model, steps, lr)
-        inner = InnerLoop(steps, lr, model.inner.adapts)
-        support_x, support_y, label_map = support_tensors(model, x, y, self.settings.max_support)
-        started = time.perf_counter()
-        adapted = adapt(model.learner, model.params, support_x, support_y, inner)
-        if model.device.type == "cuda":
-            torch.cuda.synchronize(model.device)
-        seconds = time.perf_counter() - started
-        with torch.no_grad():
-            before = float(model.learner.losses(model.params, support_x, support_y))
-            after = float(model.learner.losses(adapted, support_x, support_y))
+        return _one(self.create_many([SupportSet(model, x, y, steps, lr)]))
+
+    def create_many(self, supports: Sequence[SupportSet]) -> builtins.list[SessionRecord | Exception]:
+        """Open a session for each support set, or give its error (a ``ValueError`` naming the field);
+        sets of one model with the same steps and rate adapt as one batch, and every row is written in
+        one transaction. A session's ``adapt_seconds`` is the time of the batch it adapted in."""
+        results: builtins.list[SessionRecord | Exception] = [ValueError("support: not adapted")] * len(
+            supports
+        )
+        batches: dict[
+            tuple[str, int, float], builtins.list[tuple[int, Tensor, Tensor, builtins.list[Label] | None]]
+        ]
+        batches = {}
+        for i, support in enumerate(supports):
+            try:
+                steps, lr = self._checked(support.model, support.steps, support.lr)
+                x, y, label_map = support_tensors(
+                    support.model, support.x, support.y, self.settings.max_support
+                )
+                support.model.learner.check(x, y, "support")
+            except (ValueError, TypeError) as error:
+                results[i] = error
+                continue
+            batches.setdefault((support.model.ref, steps, lr), []).append((i, x, y, label_map))
+        rows: builtins.list[tuple[int, dict[str, Any], Params]] = []
+        for (_, steps, lr), members in batches.items():
+            model = supports[members[0][0]].model
+            inner = InnerLoop(steps, lr, model.inner.adapts)
+            started = time.perf_counter()
+            examples = [(x, y) for _, x, y, _ in members]
+            adapted = adapt_many(model.learner, model.params, examples, inner, self.settings.compile)
+            if model.device.type == "cuda":
+                torch.cuda.synchronize(model.device)
+            seconds = time.perf_counter() - started
+            for (i, x, _, label_map), adaptation in zip(members, adapted, strict=True):
+                try:
+                    rows.append(
+                        (
+                            i,
+                            self._written(model, steps, lr, len(x), label_map, adaptation, seconds),
+                            adaptation.changed,
+                        )
+                    )
+                except ValueError as error:
+                    results[i] = error
+        if not rows:
+            return results
+        try:
+            # A Core insert: a third of the ORM's unit-of-work cost, on the busiest write of the service.
+            with self._db.begin() as db:
+                db.connection().execute(_INSERT, [row for _, row, _ in rows])
+        except BaseException:
+            for _, row, _ in rows:
+                (self.settings.data_dir / row["path"]).unlink(missing_ok=True)
+            raise
+        for i, row, changed in rows:
+            self.cache.put(row["id"], changed)
+            results[i] = SessionRecord.of(row, supports[i].model.ref)
+        return results
+
+    def _written(
+        self,
+        model: LoadedModel,
+        steps: int,
+        lr: float,
+        size: int,
+        label_map: builtins.list[Label] | None,
+        adaptation: Adaptation,
+        seconds: float,
+    ) -> dict[str, Any]:
+        """Check an adaptation's losses, write its file, and return the row that will name it."""
+        before, after = adaptation.loss_before, adaptation.loss_after
         # A non-finite loss means unusable parameters (and SQLite would store NaN as NULL): refuse it.
         if not math.isfinite(before):
             raise ValueError(f"support: the initialization's loss on it is {before}; scale the data down")
@@ -111,18 +197,17 @@ class SessionStore:
             raise ValueError(
                 f"lr: adaptation diverged (support loss {before:.4g}, then {after}); lower lr or steps"
             )
-        changed = {k: v.detach() for k, v in adapted.items() if inner.adapted(k)}
         session_id = secrets.token_urlsafe(32)
         path = f"{SESSIONS}/{session_id}.safetensors"
-        tensors = save({k: v.cpu().contiguous() for k, v in changed.items()})
+        tensors = save({k: v.cpu().contiguous() for k, v in adaptation.changed.items()})
         write_atomically(self.settings.data_dir / path, tensors, durable=self.settings.durable_writes)
         now = utc_now()
-        row = {
+        return {
             "id": session_id,
             "initialization_id": model.id,
             "steps": steps,
             "lr": lr,
-            "support_size": len(support_x),
+            "support_size": size,
             "label_map": label_map,
             "loss_before": before,
             "loss_after": after,
@@ -132,52 +217,65 @@ class SessionStore:
             "expires": now + self._ttl,
             "path": path,
         }
-        try:
-            # A Core insert: a third of the ORM's unit-of-work cost, on the busiest write of the service.
-            with self._db.begin() as db:
-                db.connection().execute(_INSERT, row)
-        except BaseException:
-            (self.settings.data_dir / path).unlink(missing_ok=True)
-            raise
-        self.cache.put(session_id, changed)
-        return SessionRecord.of(row, model.ref)
 
     def get(self, session_id: str) -> tuple[SessionRecord, Params]:
-        """The session and its parameters (its tensors over the initialization's); counts as a use, which is
-        written when the last one recorded is older than 1% of the TTL or ``TOUCH_AT_MOST``, so that a busy
-        session costs a read, not a write, per request."""
+        """The session and its parameters (its tensors over the initialization's); see ``open_many``."""
+        opened = _one(self.open_many([session_id]))
+        return opened.record, {**opened.model.params, **opened.changed}
+
+    def open_many(self, session_ids: Sequence[str]) -> builtins.list[Opened | Exception]:
+        """Each session with its model and adapted tensors, or ``NotFound``; read in one query. Each counts
+        as a use, which is written when the last one recorded is older than 1% of the TTL or
+        ``TOUCH_AT_MOST``, so that a busy session costs a read, not a write, per request."""
+        if not session_ids:
+            return []
         now = utc_now()
+        used = {"last_used": now, "expires": now + self._ttl}
+        found: dict[str, tuple[SessionRecord, str]] = {}
+        touched: builtins.list[str] = []
+        # Core statements, not the ORM: this read serves every /predict, and ORM objects cost more than it.
         with self._db.begin() as db:
-            found = db.execute(_with_model().where(AdaptedSession.id == session_id)).one_or_none()
-            if found is None or found[0].expires <= now:
-                raise NotFound(f"no session {session_id!r}: unknown, deleted or expired")
-            row, name, version = found
-            if now - row.last_used >= self._touch:
-                row.last_used, row.expires = now, now + self._ttl
-            record, path = SessionRecord.of(row, f"{name}@{version}"), row.path
+            rows = db.connection().execute(_OPEN.where(AdaptedSession.id.in_(set(session_ids)))).mappings()
+            for mapping in rows:
+                row: Mapping[Any, Any] = mapping
+                if row["expires"] <= now:
+                    continue
+                if now - row["last_used"] >= self._touch:
+                    touched.append(row["id"])
+                    row = {**row, **used}
+                model = f"{row['model_name']}@{row['model_version']}"
+                found[row["id"]] = SessionRecord.of(row, model), row["path"]
+            if touched:
+                db.connection().execute(
+                    update(AdaptedSession).where(AdaptedSession.id.in_(touched)).values(used)
+                )
+        return [self._opened(session_id, found.get(session_id)) for session_id in session_ids]
+
+    def _opened(self, session_id: str, found: tuple[SessionRecord, str] | None) -> Opened | Exception:
+        if found is None:
+            return NotFound(f"no session {session_id!r}: unknown, deleted or expired")
+        record, path = found
         try:
             model = self.registry.get(record.model)
         except NotFound:
-            raise NotFound(
-                f"session {session_id!r} was adapted from {record.model}, which is not loaded"
-            ) from None
+            return NotFound(f"session {session_id!r} was adapted from {record.model}, which is not loaded")
         changed = self.cache.get(session_id)
         if changed is None:
             try:
                 changed = load_file(self.settings.data_dir / path, device=str(model.device))
             except FileNotFoundError:
-                raise NotFound(f"no session {session_id!r}: deleted while it was being read") from None
+                return NotFound(f"no session {session_id!r}: deleted while it was being read")
             self.cache.put(session_id, changed)
-        return record, {**model.params, **changed}
+        return Opened(record, model, changed)
 
     def delete(self, session_id: str) -> None:
-        """Delete the row, then the file: a crash in between leaves an orphan file, not a row without one."""
+        """Delete the row, then the file: a crash in between leaves an orphan file, not a row without one.
+        One statement finds and deletes the row, so of two concurrent deletes one wins and one gets 404."""
+        gone = delete(AdaptedSession).where(AdaptedSession.id == session_id).returning(AdaptedSession.path)
         with self._db.begin() as db:
-            row = db.get(AdaptedSession, session_id)
-            if row is None:
-                raise NotFound(f"no session {session_id!r}")
-            path = row.path
-            db.delete(row)
+            path = db.execute(gone).scalar_one_or_none()
+        if path is None:
+            raise NotFound(f"no session {session_id!r}")
         self._forget(session_id, path)
 
     def list(self, page: int = 1, size: int = 50) -> builtins.list[SessionRecord]:
@@ -243,6 +341,19 @@ class SessionStore:
 
 
 _INSERT = insert(AdaptedSession)
+_OPEN = select(
+    *AdaptedSession.__table__.columns,
+    Initialization.name.label("model_name"),
+    Initialization.version.label("model_version"),
+).join(Initialization)
+
+
+def _one(results: Sequence[Result | Exception]) -> Result:
+    """The only result of a batch of one, or its error raised."""
+    (result,) = results
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
 def _with_model() -> Select[AdaptedSession, str, int]:

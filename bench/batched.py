@@ -1,0 +1,175 @@
+"""Engine-level batching: sessions adapted and queried one at a time vs gathered into one batch
+(``app.meta.stacked``), sessions/s measured side by side in one run, no HTTP. Engine-only (torch), so it
+runs on a GPU machine with nothing else installed. Usage: ``python bench/batched.py --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from app.checkpoint import load_card, load_weights  # noqa: E402
+from app.meta import InnerLoop, Learner, TaskBatch, build_net  # noqa: E402
+from app.meta.stacked import adapt_many, predict_many  # noqa: E402
+from app.meta.tasks.noise_images import noise_image_tasks  # noqa: E402
+from app.meta.tasks.sinusoid import sinusoid_tasks  # noqa: E402
+from bench.report import commit, table, write  # noqa: E402
+from bench.serve import cpu_name  # noqa: E402
+
+TARGETS = {"cpu": {"sinusoid": 10.0, "glyphs": 2.0, "conv4-maml": 2.0}, "cuda": {"*": 100.0}}
+"""Batched over one-at-a-time sessions/s: issue 6's targets at 64 sessions on a CPU, 1,024 on a GPU."""
+
+
+def workloads(
+    sessions: int, device: torch.device
+) -> dict[str, tuple[Learner, dict[str, torch.Tensor], InnerLoop, TaskBatch]]:
+    """The shipped sinusoid (MAML, 10-shot) and glyphs (ANIL, 5-way 1-shot) initializations, and the
+    glyphs' Conv4 adapting every tensor (full MAML), each with ``sessions`` tasks of 10 queries."""
+    found = {}
+    generator = torch.Generator().manual_seed(0)
+    for name, model, adapts in (
+        ("sinusoid", "sinusoid", None),
+        ("glyphs", "glyphs", None),
+        ("conv4-maml", "glyphs", "all"),
+    ):
+        card = load_card(ROOT / "models" / model)
+        loss = "mse" if card["family"]["kind"] == "regression" else "cross_entropy"
+        learner = Learner(build_net(card["net"]), loss)
+        params = {k: v.to(device) for k, v in load_weights(ROOT / "models" / model, card).items()}
+        inner = InnerLoop(card["inner"]["steps"], card["inner"]["lr"], adapts or card["inner"]["adapts"])
+        if name == "sinusoid":
+            tasks = sinusoid_tasks(generator, sessions, shots=10, queries=10)
+        else:
+            tasks = noise_image_tasks(generator, sessions, ways=5, shots=1, queries=2)
+        found[name] = learner, params, inner, tasks.to(device)
+    return found
+
+
+def seconds(work: Callable[[], object], device: torch.device, repeats: int) -> float:
+    """The median wall time of ``work`` over ``repeats`` runs after one warm-up, synchronizing a GPU."""
+    times = []
+    for _ in range(repeats + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        started = time.perf_counter()
+        work()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times[1:])
+
+
+def measure(
+    name: str,
+    learner: Learner,
+    params: dict[str, torch.Tensor],
+    inner: InnerLoop,
+    tasks: TaskBatch,
+    device: torch.device,
+    repeats: int,
+) -> dict[str, Any]:
+    """Sessions/s of adapt and predict, one at a time and batched, for one workload."""
+    count = tasks.tasks
+    supports = [(tasks.support_x[t], tasks.support_y[t]) for t in range(count)]
+    queries = [tasks.query_x[t] for t in range(count)]
+    changed = [a.changed for a in adapt_many(learner, params, supports, inner)]
+
+    # One at a time is what the service does with batching off: the same calls on a batch of one.
+    def adapt_alone() -> None:
+        for support in supports:
+            adapt_many(learner, params, [support], inner)
+
+    def predict_alone() -> None:
+        for c, x in zip(changed, queries, strict=True):
+            predict_many(learner, params, [c], [x])
+
+    timings = {
+        "adapt one at a time": seconds(adapt_alone, device, repeats),
+        "adapt batched": seconds(lambda: adapt_many(learner, params, supports, inner), device, repeats),
+        "predict one at a time": seconds(predict_alone, device, repeats),
+        "predict batched": seconds(lambda: predict_many(learner, params, changed, queries), device, repeats),
+    }
+    rates = {k: count / v for k, v in timings.items()}
+    return {
+        "workload": name,
+        "sessions": count,
+        "sessions_per_s": rates,
+        "adapt_ratio": rates["adapt batched"] / rates["adapt one at a time"],
+        "predict_ratio": rates["predict batched"] / rates["predict one at a time"],
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    device = torch.device(args.device)
+    rows = []
+    for count in args.sessions:
+        for name, (learner, params, inner, tasks) in workloads(count, device).items():
+            rows.append(measure(name, learner, params, inner, tasks, device, args.repeats))
+    targets = TARGETS[device.type]
+    for row in rows:
+        target = targets.get(row["workload"], targets.get("*"))
+        row["target"] = target
+        row["met"] = target is not None and min(row["adapt_ratio"], row["predict_ratio"]) >= target
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    return {
+        "machine": {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "commit": commit(), "device": name,
+                    "torch": torch.__version__, "torch_threads": torch.get_num_threads()},
+        "rows": rows,
+    }  # fmt: skip
+
+
+def markdown(report: dict[str, Any]) -> str:
+    info = report["machine"]
+    header = ["workload", "sessions", "adapt alone /s", "adapt batched /s", "ratio", "predict alone /s",
+              "predict batched /s", "ratio", "target"]  # fmt: skip
+    rows = []
+    for r in report["rows"]:
+        s = r["sessions_per_s"]
+        target = (
+            "-" if r["target"] is None else f"at least {r['target']:g}x: {'met' if r['met'] else 'NOT met'}"
+        )
+        rates = (f"{s[k]:.0f}" for k in ("adapt one at a time", "adapt batched"))
+        predict_rates = (f"{s[k]:.0f}" for k in ("predict one at a time", "predict batched"))
+        rows.append([r["workload"], str(r["sessions"]), *rates, f"{r['adapt_ratio']:.1f}x", *predict_rates,
+                     f"{r['predict_ratio']:.1f}x", target])  # fmt: skip
+    return "\n".join([
+        f"# Engine-level batching, {info['date']}, commit {info['commit']}",
+        "",
+        f"{info['device']}, torch {info['torch']} ({info['torch_threads']} threads). Sessions/s (median of "
+        "the repeats) of adapting each session's support set and predicting its 10 queries, one session "
+        "at a time vs all at once (`adapt_many`, `predict_many`); sinusoid: "
+        "10 support points, the card's inner loop; glyphs: 5-way 1-shot, the card's ANIL head-only loop; "
+        "conv4-maml: the same net adapting every tensor.",
+        "",
+        *table(header, rows),
+        "",
+    ])  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument(
+        "--sessions", type=int, nargs="+", default=[64], help="sessions per batch (GPU: 1 64 1024)"
+    )
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument(
+        "--out", type=Path, default=None, help="writes OUT.{json,md} (default bench/results/batched-DEVICE)"
+    )
+    args = ap.parse_args()
+    report = run(args)
+    write(args.out or ROOT / "bench" / "results" / f"batched-{args.device}", report, markdown(report))
+
+
+if __name__ == "__main__":
+    main()

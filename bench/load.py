@@ -1,0 +1,170 @@
+"""Throughput and latency of the service under concurrent clients (wrk, from Debian's packages, on
+loopback), batching on vs off, beside the ceiling of the HTTP stack itself: the same server's
+``GET /health/live`` under the same load. Usage: ``python bench/load.py --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from app.client import Client  # noqa: E402
+from bench.report import commit, table, write  # noqa: E402
+from bench.serve import cpu_name, served  # noqa: E402
+from tests.test_serving import GREEK, strokes  # noqa: E402
+
+SCRIPT = ROOT / "bench" / "wrk" / "load.lua"
+SESSIONS = 256
+"""Sessions opened per model before the load: each client's calls land on many different sessions."""
+TARGETS = {"predict_of_ceiling": 0.70, "adapt_of_ceiling": 0.50, "glyph_predict_on_off": 1.5}
+
+
+def wrk(
+    port: int, path: str, clients: int, seconds: float, bodies: list[dict[str, Any]] | None
+) -> dict[str, Any]:
+    """One wrk run of ``clients`` connections for ``seconds``: requests/s, latency p50/p99 in ms, errors."""
+    with tempfile.NamedTemporaryFile("w", suffix=".jsonl") as lines:
+        env = {"PATH": "/usr/bin:/bin"}
+        if bodies is not None:
+            lines.write("\n".join(json.dumps(b, separators=(",", ":")) for b in bodies))
+            lines.flush()
+            env["BODIES"] = lines.name
+        command = ["wrk", "-t1", f"-c{clients}", f"-d{seconds}s", "--timeout", "30s", "-s", str(SCRIPT),
+                   f"http://127.0.0.1:{port}{path}"]  # fmt: skip
+        out = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
+    summary = json.loads(out.split("SUMMARY ", 1)[1])
+    return {
+        "clients": clients,
+        "requests_per_s": summary["requests"] / summary["seconds"],
+        "p50_ms": summary["p50_us"] / 1e3,
+        "p99_ms": summary["p99_us"] / 1e3,
+        "errors": summary["errors"] + summary["status_errors"],
+    }
+
+
+def supports(count: int, seed: int = 0) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``count`` sinusoid /adapt bodies (10 points each) and ``count`` glyph ones (5-way 1-shot)."""
+    rng = random.Random(seed)
+    sinusoids = []
+    for _ in range(count):
+        amplitude, phase = rng.uniform(0.1, 5), rng.uniform(0, 3.14)
+        xs = [rng.uniform(-5, 5) for _ in range(10)]
+        ys = [amplitude * math.sin(x - phase) for x in xs]
+        sinusoids.append({"model": "sinusoid", "support": {"x": xs, "y": ys}})
+    glyphs = [{"model": "glyphs", "support": {"x": strokes(5, seed=i), "y": GREEK}} for i in range(count)]
+    return sinusoids, glyphs
+
+
+def run_server(batching: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Every load on one server with batching ``on`` or ``off``."""
+    sinusoids, glyphs = supports(SESSIONS)
+    found: dict[str, Any] = {"batching": batching}
+    with served(batching=batching) as port, Client(f"http://127.0.0.1:{port}", timeout=60) as client:
+        sinusoid_sessions = [
+            client.adapt(b["support"]["x"], b["support"]["y"], model="sinusoid").session_id for b in sinusoids
+        ]
+        glyph_sessions = [
+            client.adapt(b["support"]["x"], b["support"]["y"], model="glyphs").session_id for b in glyphs[:64]
+        ]
+        queries = [i / 10 - 5 for i in range(10)]
+        predicts = [{"session_id": s, "x": queries} for s in sinusoid_sessions]
+        glyph_predicts = [{"session_id": s, "x": strokes(2, seed=7)} for s in glyph_sessions]
+        found["health"] = wrk(port, "/health/live", 64, args.seconds, None)
+        found["predict"] = [wrk(port, "/predict", c, args.seconds, predicts) for c in args.clients]
+        found["adapt"] = [wrk(port, "/adapt", c, args.seconds, sinusoids) for c in args.clients]
+        found["glyph_predict"] = wrk(port, "/predict", 64, args.seconds, glyph_predicts)
+    return found
+
+
+def at(runs: list[dict[str, Any]], clients: int) -> dict[str, Any]:
+    return next(r for r in runs if r["clients"] == clients)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: apt-get install wrk (or make bench-serve installs it)")
+    servers = {batching: run_server(batching, args) for batching in ("on", "off")}
+    on, off = servers["on"], servers["off"]
+    ceiling = on["health"]["requests_per_s"]
+    ratios = {
+        "predict_of_ceiling": at(on["predict"], 64)["requests_per_s"] / ceiling,
+        "adapt_of_ceiling": at(on["adapt"], 64)["requests_per_s"] / ceiling,
+        "glyph_predict_on_off": on["glyph_predict"]["requests_per_s"]
+        / off["glyph_predict"]["requests_per_s"],
+        "predict_on_off": at(on["predict"], 64)["requests_per_s"] / at(off["predict"], 64)["requests_per_s"],
+        "adapt_on_off": at(on["adapt"], 64)["requests_per_s"] / at(off["adapt"], 64)["requests_per_s"],
+    }
+    return {
+        "machine": {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "commit": commit(), "cpu": cpu_name()},
+        "seconds": args.seconds,
+        "servers": servers,
+        "ratios": ratios,
+        "targets": {k: {"target": v, "met": ratios[k] >= v} for k, v in TARGETS.items()},
+    }
+
+
+def markdown(report: dict[str, Any]) -> str:
+    info, servers, ratios = report["machine"], report["servers"], report["ratios"]
+    figures = [f"{side} {what}" for side in ("on", "off") for what in ("req/s", "p50 ms", "p99 ms")]
+    header = ["call", "clients", *figures, "on/off", "errors"]
+    rows = []
+    loads = [("GET /health/live", "health"), ("POST /predict sinusoid", "predict"),
+             ("POST /adapt sinusoid", "adapt"), ("POST /predict glyphs", "glyph_predict")]  # fmt: skip
+    for name, key in loads:
+        on_runs, off_runs = servers["on"][key], servers["off"][key]
+        for on, off in zip(*(r if isinstance(r, list) else [r] for r in (on_runs, off_runs)), strict=True):
+            rows.append([name, str(on["clients"]), f"{on['requests_per_s']:.0f}", f"{on['p50_ms']:.2f}",
+                         f"{on['p99_ms']:.2f}", f"{off['requests_per_s']:.0f}", f"{off['p50_ms']:.2f}",
+                         f"{off['p99_ms']:.2f}", f"{on['requests_per_s'] / off['requests_per_s']:.2f}x",
+                         str(on["errors"] + off["errors"])])  # fmt: skip
+    targets = [
+        f"- {name}: {ratios[name]:.2f} (target at least {t['target']:g}: {'met' if t['met'] else 'NOT met'})"
+        for name, t in report["targets"].items()
+    ]
+    return "\n".join([
+        f"# Serving under load, {info['date']}, commit {info['commit']}",
+        "",
+        f"{info['cpu']}. One `metaserve serve` (one uvicorn worker) per setting, `METASERVE_BATCHING=on` "
+        f"then `off`; wrk (1 thread) on the same machine, {report['seconds']:g} s per row. Each /predict "
+        "names one of 256 sinusoid sessions (10 query points) or 64 glyph sessions (2 query images), in "
+        "turn; each /adapt posts one of 256 fresh 10-point sinusoids. The ceiling is the same server's "
+        "GET /health/live under 64 clients.",
+        "",
+        *table(header, rows),
+        "",
+        "Ratios (batching on unless named): /predict and /adapt at 64 clients over the ceiling, and on/off.",
+        "",
+        *targets,
+        f"- predict_on_off: {ratios['predict_on_off']:.2f}, adapt_on_off: {ratios['adapt_on_off']:.2f}",
+        "",
+    ])  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=int, default=5, help="length of each wrk run")
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 16, 64, 256])
+    ap.add_argument(
+        "--out", type=Path, default=ROOT / "bench" / "results" / "load-cpu", help="writes OUT.{json,md}"
+    )
+    args = ap.parse_args()
+    if 64 not in args.clients:
+        ap.error("--clients must include 64, the point the targets name")
+    report = run(args)
+    write(args.out, report, markdown(report))
+
+
+if __name__ == "__main__":
+    main()
