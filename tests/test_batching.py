@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,13 +47,26 @@ async def test_batching_off_runs_every_call_alone() -> None:
     assert batcher.stats.batches == batcher.stats.calls == 5
 
 
+def gated(gate: threading.Event, ran: list[int]) -> Callable[[Sequence[int]], list[int | Exception]]:
+    """A batch function that holds every batch until ``gate`` opens, recording what it ran."""
+
+    def run(items: Sequence[int]) -> list[int | Exception]:
+        gate.wait(10)
+        ran.extend(items)
+        return [2 * i for i in items]
+
+    return run
+
+
 async def test_a_full_queue_refuses_at_once_and_frees_its_slots() -> None:
-    batcher: Batcher[int, int] = Batcher(doubled, max_queue=3, max_delay=0.2)
+    gate, ran = threading.Event(), []
+    batcher: Batcher[int, int] = Batcher(gated(gate, ran), max_queue=3)
     waiting = [asyncio.ensure_future(batcher.submit(2)) for _ in range(3)]
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
     with pytest.raises(Overloaded) as refused:
         await batcher.submit(2)
     assert refused.value.retry_after >= 1 and batcher.stats.overloaded == 1
+    gate.set()
     assert await asyncio.gather(*waiting) == [4, 4, 4]
     assert await batcher.submit(4) == 8, "the slots are free once answered"
 
@@ -68,17 +83,15 @@ async def test_a_call_waits_no_longer_than_the_timeout() -> None:
 
 
 async def test_a_call_whose_caller_left_is_dropped_unrun() -> None:
-    ran: list[int] = []
-
-    def record(items: Sequence[int]) -> list[int | Exception]:
-        ran.extend(items)
-        return list(items)
-
-    batcher: Batcher[int, int] = Batcher(record, max_delay=0.3)
+    gate, ran = threading.Event(), []
+    batcher: Batcher[int, int] = Batcher(gated(gate, ran))
+    busy = asyncio.ensure_future(batcher.submit(1))  # holds the worker while the next call waits
+    await asyncio.sleep(0.05)
     with pytest.raises(CallerGone):
-        await batcher.submit(1, lambda: asyncio.sleep(0.05))
-    assert await batcher.submit(2) == 2
-    assert ran == [2] and batcher.stats.abandoned == 1
+        await batcher.submit(2, lambda: asyncio.sleep(0.05))
+    gate.set()
+    assert await busy == 2 and await batcher.submit(3) == 6
+    assert ran == [1, 3] and batcher.stats.abandoned == 1
 
 
 # Through the HTTP API of a started service.
@@ -171,6 +184,10 @@ async def test_a_full_queue_answers_503_with_retry_after(service: FastAPI, http:
     assert (await http.post("/predict", json={"model": "sinusoid", "x": [0.0]})).status_code == 200
 
 
+async def session_ids(http: httpx.AsyncClient) -> set[str]:
+    return {s["session_id"] for s in (await http.get("/sessions", params={"size": 1000})).json()["sessions"]}
+
+
 async def test_an_adapt_whose_client_left_opens_no_session(service: FastAPI, http: httpx.AsyncClient) -> None:
     x, y, _, _ = sinusoid(2)
     body = json.dumps({"model": "sinusoid", "support": {"x": x, "y": y}}).encode()
@@ -186,7 +203,7 @@ async def test_an_adapt_whose_client_left_opens_no_session(service: FastAPI, htt
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    before = (await http.get("/sessions", params={"size": 1000})).json()
+    before = await session_ids(http)
     abandoned = service.state.adapting.stats.abandoned
     scope = {
         "type": "http",
@@ -204,11 +221,18 @@ async def test_an_adapt_whose_client_left_opens_no_session(service: FastAPI, htt
         "state": {},
         "app": service,
     }
+    # A long adaptation holds the batcher, so the call waits in the queue when its client hangs up.
+    long_x = [i / 100 - 5 for i in range(1000)]
+    long = {"model": "sinusoid", "support": {"x": long_x, "y": [math.sin(v) for v in long_x]}, "steps": 100}
+    adapting = service.state.adapting
+    holding = asyncio.ensure_future(http.post("/adapt", json=long))
+    while adapting.in_flight == 0 or adapting.waiting:  # until its batch is running
+        await asyncio.sleep(0.001)
     await service(scope, receive, send)
-    await asyncio.sleep(0.1)
+    assert (await holding).status_code == 200
     assert service.state.adapting.stats.abandoned == abandoned + 1
     assert sent[0]["status"] == 499
-    assert (await http.get("/sessions", params={"size": 1000})).json() == before
+    assert len(await session_ids(http) - before) == 1, "only the long adaptation opened a session"
 
 
 async def test_concurrent_deletes_of_one_session_delete_it_once(http: httpx.AsyncClient) -> None:

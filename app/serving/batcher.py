@@ -2,6 +2,7 @@
 has gathered (up to ``max_batch``, after at most ``max_delay`` seconds) and runs it as one batch in a
 thread, then hands each caller its own result or error.
 
+An idle batcher waits for company only when its last batch had some, so a lone caller never waits.
 The queue is the service's backpressure: a call beyond ``max_queue`` waiting or running is refused at
 once (``Overloaded``), one that waits longer than ``timeout`` is given up (``TimedOut``), and one whose
 caller has gone is dropped before it runs. With batching off each call runs alone in a thread, under the
@@ -70,6 +71,7 @@ class Batcher(Generic[Item, Result]):
         self._queue: collections.deque[_Waiting[Item, Result]] = collections.deque()
         self._arrived = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
+        self._last_size = 0
 
     @property
     def waiting(self) -> int:
@@ -145,7 +147,9 @@ class Batcher(Generic[Item, Result]):
         """Take batches off the queue and run them, one at a time, until the queue stays empty."""
         loop = asyncio.get_running_loop()
         while self._queue:
-            deadline = loop.time() + self.max_delay
+            # Company is worth waiting for only under load, when the last batch had some: a lone caller
+            # goes at once.
+            deadline = loop.time() + (self.max_delay if self._last_size > 1 else 0.0)
             while len(self._queue) < self.max_batch and (left := deadline - loop.time()) > 0:
                 self._arrived.clear()
                 try:
@@ -174,6 +178,7 @@ class Batcher(Generic[Item, Result]):
             results = [error] * len(batch)
         self.stats.batches += 1
         self.stats.calls += len(batch)
+        self._last_size = len(batch)
         for waiting, result in zip(batch, results, strict=True):
             if waiting.future.done():
                 continue
