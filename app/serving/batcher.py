@@ -15,7 +15,7 @@ import asyncio
 import collections
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from anyio import to_thread
 
@@ -115,25 +115,45 @@ class Batcher(Generic[Item, Result]):
     async def _wait(
         self, future: asyncio.Future[Result], gone: Callable[[], Awaitable[object]] | None
     ) -> Result:
-        watcher = asyncio.ensure_future(gone()) if gone is not None else None
-        waited: list[asyncio.Future[Any]] = [future] if watcher is None else [future, watcher]
+        """``future``'s result, unless the timeout or the caller's departure comes first: then the call is
+        cancelled (dropped, if still queued) and the wait fails. Plain callbacks, not ``asyncio.wait``:
+        this runs once per request on the event loop."""
+        outcome: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+
+        def settle(source: asyncio.Future[Result]) -> None:
+            if outcome.done() or source.cancelled():
+                return
+            error = source.exception()
+            if error is None:
+                outcome.set_result(source.result())
+            else:
+                outcome.set_exception(error)
+
+        def give_up(error: Exception) -> None:
+            if not outcome.done():
+                future.cancel()
+                outcome.set_exception(error)
+
+        future.add_done_callback(settle)
+        timer = asyncio.get_running_loop().call_later(self.timeout, self._timed_out, give_up)
+        watcher = None
+        if gone is not None:
+            watcher = asyncio.ensure_future(gone())
+            watcher.add_done_callback(lambda w: None if w.cancelled() else self._abandoned(give_up))
         try:
-            done, _ = await asyncio.wait(
-                waited,
-                timeout=self.timeout,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
+            return await outcome
         finally:
+            timer.cancel()
             if watcher is not None:
                 watcher.cancel()
-        if future in done:
-            return future.result()
-        future.cancel()
-        if watcher is not None and watcher in done:
-            self.stats.abandoned += 1
-            raise CallerGone("the caller disconnected before the answer")
+
+    def _timed_out(self, give_up: Callable[[Exception], None]) -> None:
         self.stats.timed_out += 1
-        raise TimedOut(f"no answer within {self.timeout:g} s; the service is busy", RETRY_AFTER_SECONDS)
+        give_up(TimedOut(f"no answer within {self.timeout:g} s; the service is busy", RETRY_AFTER_SECONDS))
+
+    def _abandoned(self, give_up: Callable[[Exception], None]) -> None:
+        self.stats.abandoned += 1
+        give_up(CallerGone("the caller disconnected before the answer"))
 
     def _alone(self, item: Item) -> Result:
         (result,) = self.run([item])
