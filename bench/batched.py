@@ -23,8 +23,7 @@ from app.meta import InnerLoop, Learner, TaskBatch, build_net  # noqa: E402
 from app.meta.stacked import adapt_many, predict_many  # noqa: E402
 from app.meta.tasks.noise_images import noise_image_tasks  # noqa: E402
 from app.meta.tasks.sinusoid import sinusoid_tasks  # noqa: E402
-from bench.report import commit, table, write  # noqa: E402
-from bench.serve import cpu_name  # noqa: E402
+from bench.report import commit, cpu_name, table, write  # noqa: E402
 
 TARGETS = {"cpu": {"sinusoid": 10.0, "glyphs": 2.0, "conv4-maml": 2.0}, "cuda": {"*": 100.0}}
 """Batched over one-at-a-time sessions/s: issue 6's targets at 64 sessions on a CPU, 1,024 on a GPU."""

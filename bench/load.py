@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.client import Client  # noqa: E402
-from bench.report import commit, table, write  # noqa: E402
-from bench.serve import cpu_name, served  # noqa: E402
+from bench.report import commit, cpu_name, table, write  # noqa: E402
+from bench.serve import served  # noqa: E402
 from tests.test_serving import GREEK, strokes  # noqa: E402
 
 SCRIPT = ROOT / "bench" / "wrk" / "load.lua"

@@ -33,8 +33,13 @@ from app.checkpoint import load_weights  # noqa: E402
 from app.meta import Params  # noqa: E402
 from app.meta.nets import is_head  # noqa: E402
 from app.serving.cache import SessionCache  # noqa: E402
-from bench.report import commit, table, write  # noqa: E402
-from bench.serve import cpu_name, timed  # noqa: E402
+from bench.report import (  # noqa: E402
+    commit,
+    cpu_name,
+    table,
+    write,
+)
+from bench.serve import timed  # noqa: E402
 
 GiB = 2**30
 BUDGET = 4 * GiB

@@ -10,7 +10,6 @@ import contextlib
 import http.client
 import json
 import os
-import platform
 import signal
 import socket
 import statistics
@@ -32,7 +31,7 @@ from app.client import Client  # noqa: E402
 from app.evaluation import load_model  # noqa: E402
 from app.meta import InnerLoop, TaskBatch, adapt  # noqa: E402
 from app.meta.tasks.sinusoid import sinusoid_tasks  # noqa: E402
-from bench.report import commit, table, write  # noqa: E402
+from bench.report import commit, cpu_name, table, write  # noqa: E402
 
 MODEL = "sinusoid"
 TARGET_MS = 5.0
@@ -160,14 +159,6 @@ def in_process(tasks: TaskBatch, warmup: int, calls: int) -> tuple[dict[str, lis
         calls,
     )
     return {"adapt": adapt_ms, "predict": timed(predict_call, warmup, calls)}, inner
-
-
-def cpu_name() -> str:
-    """The CPU's model name from /proc/cpuinfo, or what ``platform`` knows where there is none."""
-    info = Path("/proc/cpuinfo")
-    lines = info.read_text().splitlines() if info.exists() else []
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return names[0] if names else platform.processor() or platform.machine()
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
