@@ -23,7 +23,7 @@ from app.meta import InnerLoop, Learner, TaskBatch, build_net  # noqa: E402
 from app.meta.stacked import adapt_many, predict_many  # noqa: E402
 from app.meta.tasks.noise_images import noise_image_tasks  # noqa: E402
 from app.meta.tasks.sinusoid import sinusoid_tasks  # noqa: E402
-from bench.report import commit, cpu_name, table, write  # noqa: E402
+from bench.report import cpu_name, machine, table, write  # noqa: E402
 
 TARGETS = {"cpu": {"sinusoid": 10.0, "glyphs": 2.0, "conv4-maml": 2.0}, "cuda": {"*": 100.0}}
 """Batched over one-at-a-time sessions/s: issue 6's targets at 64 sessions on a CPU, 1,024 on a GPU."""
@@ -121,8 +121,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         row["met"] = target is not None and min(row["adapt_ratio"], row["predict_ratio"]) >= target
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     return {
-        "machine": {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "commit": commit(), "device": name,
-                    "torch": torch.__version__, "torch_threads": torch.get_num_threads()},
+        "machine": machine(device=name),
         "rows": rows,
     }  # fmt: skip
 

@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.client import Client  # noqa: E402
-from bench.report import commit, cpu_name, table, write  # noqa: E402
+from bench.report import machine, table, write  # noqa: E402
 from bench.serve import served  # noqa: E402
 from tests.test_serving import GREEK, strokes  # noqa: E402
 
@@ -107,7 +106,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "adapt_on_off": at(on["adapt"], 64)["requests_per_s"] / at(off["adapt"], 64)["requests_per_s"],
     }
     return {
-        "machine": {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "commit": commit(), "cpu": cpu_name()},
+        "machine": machine(),
         "seconds": args.seconds,
         "servers": servers,
         "ratios": ratios,

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
+
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,3 +46,16 @@ def cpu_name() -> str:
     lines = info.read_text().splitlines() if info.exists() else []
     names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
     return names[0] if names else platform.processor() or platform.machine()
+
+
+def machine(**extra: Any) -> dict[str, Any]:
+    """What a report was measured on: date, commit, CPU, cores, torch and its threads, then ``extra``."""
+    return {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "commit": commit(),
+        "cpu": cpu_name(),
+        "nproc": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        **extra,
+    }

@@ -16,7 +16,6 @@ import secrets
 import statistics
 import sys
 import tempfile
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -33,12 +32,7 @@ from app.checkpoint import load_weights  # noqa: E402
 from app.meta import Params  # noqa: E402
 from app.meta.nets import is_head  # noqa: E402
 from app.serving.cache import SessionCache  # noqa: E402
-from bench.report import (  # noqa: E402
-    commit,
-    cpu_name,
-    table,
-    write,
-)
+from bench.report import machine, table, write  # noqa: E402
 from bench.serve import timed  # noqa: E402
 
 GiB = 2**30
@@ -186,16 +180,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rows = [measure(kind, args.scale, device, args.dir) for kind in KINDS]
     head = next(row for kind, row in zip(KINDS, rows, strict=True) if kind.head_only)
     return {
-        "machine": {
-            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "commit": commit(),
-            "cpu": cpu_name(),
-            "nproc": os.cpu_count(),
-            "torch": torch.__version__,
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "block_size": os.statvfs(args.dir).f_bsize,
-            "load_average": load,
-        },
+        "machine": machine(
+            device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            block_size=os.statvfs(args.dir).f_bsize,
+            load_average=load,
+        ),
         "rows": rows,
         "targets": {
             "in_memory": {"text": "≥ 100,000 head-only sessions in 4 GiB of memory",

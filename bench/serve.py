@@ -31,7 +31,7 @@ from app.client import Client  # noqa: E402
 from app.evaluation import load_model  # noqa: E402
 from app.meta import InnerLoop, TaskBatch, adapt  # noqa: E402
 from app.meta.tasks.sinusoid import sinusoid_tasks  # noqa: E402
-from bench.report import commit, cpu_name, table, write  # noqa: E402
+from bench.report import machine, table, write  # noqa: E402
 
 MODEL = "sinusoid"
 TARGET_MS = 5.0
@@ -179,14 +179,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rows.append({"endpoint": endpoint, "http": served, "engine": alone, **overhead})
     p50 = rows[0]["http"]["p50"]
     return {
-        "machine": {
-            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "commit": commit(),
-            "cpu": cpu_name(),
-            "nproc": os.cpu_count(),
-            "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(),
-        },
+        "machine": machine(),
         "workload": f"{MODEL}: 10 support points of a fresh sinusoid per /adapt ({inner.steps} inner "
         f"step{'s' if inner.steps != 1 else ''} of lr {inner.lr}, the card's), 10 query points per /predict; "
         f"{args.warmup} warm-up and {args.calls} timed calls each, one client on one keep-alive connection "
