@@ -1,4 +1,5 @@
-"""The ``metaserve`` command line: ``train`` and ``eval`` initializations, ``serve`` them over HTTP."""
+"""The ``metaserve`` command line: ``train`` and ``eval`` initializations, ``serve`` them over HTTP, manage
+its API ``keys``."""
 
 from __future__ import annotations
 
@@ -9,12 +10,16 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 import uvicorn
+from sqlalchemy.orm import Session, sessionmaker
 from tqdm import tqdm
 from uvicorn.config import LOGGING_CONFIG
 
 from app.checkpoint import load_card, save_card
 from app.config import get_settings
+from app.db.engine import make_engine, make_session_factory
+from app.db.migrate import migrate
 from app.evaluation import card_protocol, evaluate_model, record
+from app.keys import create_key, list_keys, revoke_key
 from app.meta import Estimate
 from app.meta.distributed import init_from_env
 from app.meta.train import Progress
@@ -23,6 +28,8 @@ from app.training import TrainSpec, Validation, train
 app = typer.Typer(
     help="metaserve: few-shot adaptation of meta-trained initializations.", no_args_is_help=True
 )
+keys = typer.Typer(help="API keys of the service (its METASERVE_* database).", no_args_is_help=True)
+app.add_typer(keys, name="keys")
 DEFAULTS = TrainSpec()
 T = TypeVar("T")
 
@@ -67,6 +74,42 @@ def _log_config(workers: int) -> dict[str, Any]:
     config["handlers"]["service"] = {**config["handlers"]["default"], "formatter": "service"}
     config["root"] = {"handlers": ["service"], "level": "INFO"}
     return config
+
+
+def _database() -> sessionmaker[Session]:
+    """The service's database (migrated first, as the service would at its start)."""
+    url = get_settings().database_url_resolved
+    migrate(url)
+    return make_session_factory(make_engine(url))
+
+
+@keys.command("create")
+def create_key_command(
+    name: Annotated[str, typer.Argument(help="A name for the key, unique: who or what uses it.")],
+    admin: Annotated[bool, typer.Option(help="May promote models and see every key's data.")] = False,
+) -> None:
+    """Make an API key; it is printed once, alone on the last line, and never stored (only its hash is)."""
+    row, key = _checked(lambda: create_key(_database(), name, admin))
+    typer.echo(f"made {'admin ' if row.admin else ''}key {row.name!r} (id {row.id}); it is shown only once:")
+    typer.echo(key)
+
+
+@keys.command("list")
+def list_keys_command() -> None:
+    """Every key: id, name, admin or not, made and revoked when; never a secret."""
+    for row in list_keys(_database()):
+        revoked = f"revoked {row.revoked_at:%Y-%m-%d %H:%M:%S}" if row.revoked_at else "active"
+        role = "admin" if row.admin else "user"
+        typer.echo(f"{row.id}  {row.name:<24} {role:<5}  made {row.created:%Y-%m-%d %H:%M:%S}  {revoked}")
+
+
+@keys.command("revoke")
+def revoke_key_command(
+    name_or_id: Annotated[str, typer.Argument(help="The key's name or id.")],
+) -> None:
+    """Revoke a key: every service process refuses it within METASERVE_KEY_CACHE_SECONDS."""
+    row = _checked(lambda: revoke_key(_database(), name_or_id))
+    typer.echo(f"revoked key {row.name!r} (id {row.id})")
 
 
 @app.command("train")
@@ -172,6 +215,6 @@ def _checked(make: Callable[[], T]) -> T:
     """Run ``make``; a user error becomes a one-line message and exit code 2, not a traceback."""
     try:
         return make()
-    except (ValueError, FileNotFoundError, FloatingPointError) as error:
+    except (ValueError, LookupError, FileNotFoundError, FloatingPointError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(code=2) from None

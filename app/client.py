@@ -3,7 +3,7 @@
 Both build their requests and read their responses with the same helpers; they differ only in how a
 request is sent. A 4xx or 5xx answer raises ``MetaserveError``.
 
-    with Client("http://127.0.0.1:8000") as client:
+    with Client("http://127.0.0.1:8000", api_key=Path("data/admin-key").read_text().strip()) as client:
         session = client.adapt([-2, -1, 0, 1, 2], [-0.909, -0.841, 0, 0.841, 0.909], steps=10)
         print(client.predict([0.5, 1.5], session_id=session.session_id).predictions)
 """
@@ -39,9 +39,10 @@ from app.api.schemas import (
     Support,
 )
 
-__all__ = ["DEFAULT_URL", "AsyncClient", "Client", "JobEvent", "MetaserveError"]
+__all__ = ["API_KEY_HEADER", "DEFAULT_URL", "AsyncClient", "Client", "JobEvent", "MetaserveError"]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+API_KEY_HEADER = "X-API-Key"
 T = TypeVar("T")
 
 
@@ -233,12 +234,19 @@ class _Calls:
 
 
 class Client:
-    """The API over a blocking ``httpx.Client`` (its own for ``base_url``, or ``http`` as given)."""
+    """The API over a blocking ``httpx.Client`` (its own for ``base_url``, or ``http`` as given), sending
+    ``api_key`` in every request's ``X-API-Key``."""
 
     def __init__(
-        self, base_url: str = DEFAULT_URL, timeout: float = 60.0, http: httpx.Client | None = None
+        self,
+        base_url: str = DEFAULT_URL,
+        timeout: float = 60.0,
+        http: httpx.Client | None = None,
+        api_key: str | None = None,
     ) -> None:
         self.http = http or httpx.Client(base_url=base_url, timeout=timeout)
+        if api_key is not None:
+            self.http.headers[API_KEY_HEADER] = api_key
 
     def __enter__(self) -> Client:
         return self
@@ -333,12 +341,19 @@ class Client:
 
 
 class AsyncClient:
-    """The API over an ``httpx.AsyncClient`` (its own for ``base_url``, or ``http`` as given)."""
+    """The API over an ``httpx.AsyncClient`` (its own for ``base_url``, or ``http`` as given), sending
+    ``api_key`` in every request's ``X-API-Key``."""
 
     def __init__(
-        self, base_url: str = DEFAULT_URL, timeout: float = 60.0, http: httpx.AsyncClient | None = None
+        self,
+        base_url: str = DEFAULT_URL,
+        timeout: float = 60.0,
+        http: httpx.AsyncClient | None = None,
+        api_key: str | None = None,
     ) -> None:
         self.http = http or httpx.AsyncClient(base_url=base_url, timeout=timeout)
+        if api_key is not None:
+            self.http.headers[API_KEY_HEADER] = api_key
 
     async def __aenter__(self) -> AsyncClient:
         return self

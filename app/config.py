@@ -117,6 +117,29 @@ class Settings(BaseSettings):
         description="Most bytes an uploaded archive (a zip of images, an npz) may unpack to.",
     )
 
+    auth: bool = Field(
+        default=True,
+        description="Require an API key (header X-API-Key) on every route but /health; off lets anyone do "
+        "anything, for local play only, and is logged as a warning at start.",
+    )
+    key_cache_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="How long a process trusts a key it has verified without asking the database again, "
+        "in seconds: a revoked key stops working within this time.",
+    )
+    rate_limit_per_second: float = Field(
+        default=0.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="Requests a second each API key may make to each service process, refused beyond with "
+        "429 and Retry-After; 0 means no limit.",
+    )
+    rate_limit_burst: int = Field(
+        default=100, ge=1, description="Requests a key may make at once before its rate limit applies."
+    )
+
     @property
     def database_url_resolved(self) -> str:
         """`database_url`, or the SQLite file in `data_dir` when it is unset."""

@@ -1,5 +1,6 @@
-"""An exclusive lock on a file (``flock``) that one of the processes sharing a data directory holds at a
-time; the kernel lets go of it when its process ends, however it ends, so another one can take over."""
+"""A lock on a file (``flock``): exclusive, held by one of the processes sharing a data directory at a
+time, or shared by many; the kernel lets go of it when its process ends, however it ends, so another one
+can take over."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ __all__ = ["FileLock"]
 
 class FileLock:
     """An exclusive ``flock`` on ``path`` (created with its folder when missing), held from a successful
-    ``acquire`` until ``release`` or the end of the process. Two instances exclude each other even in one
-    process, and the programs it starts (a job's worker) do not inherit it."""
+    ``acquire`` (or shared from ``share``) until ``release`` or the end of the process. Two instances
+    exclude each other even in one process, and the programs it starts (a job's worker) do not inherit it."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -38,6 +39,14 @@ class FileLock:
                 raise
             self._descriptor = descriptor
         return True
+
+    def share(self) -> None:
+        """Hold the lock shared from now on, beside other sharers, waiting while an exclusive holder has
+        it; a held exclusive lock becomes shared."""
+        if self._descriptor is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self._descriptor, fcntl.LOCK_SH)
 
     def release(self) -> None:
         """Let go of the lock, if held."""

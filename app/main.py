@@ -8,29 +8,36 @@ import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import TypeVar
 
 from anyio import to_thread
 from fastapi import FastAPI
 
 import app as package
-from app.api.errors import install_error_handlers
-from app.api.routes import api_router, datasets
+from app.api.auth import KeyCache, start_auth
+from app.api.errors import install_error_handlers, problems
+from app.api.limits import RateLimiter
+from app.api.routes import KEYED, api_router, datasets
 from app.config import Settings, get_settings
 from app.datasets import DatasetStore
 from app.db.engine import make_engine, make_session_factory
 from app.db.migrate import migrate
 from app.jobs.runner import POLL_SECONDS, JobRunner
 from app.jobs.store import JobStore
+from app.locks import FileLock
 from app.serving import Registry, SessionStore
 from app.serving.batcher import Batcher
 from app.serving.predict import answer_many
+from app.serving.sessions import ORPHAN_MIN_AGE_SECONDS
 from app.training import resolve_device
 
-__all__ = ["SWEEP_SECONDS", "create_app"]
+__all__ = ["SERVING_LOCK", "SWEEP_SECONDS", "create_app"]
 
 SWEEP_SECONDS = 60.0
 """How often expired sessions are deleted while the service runs."""
+SERVING_LOCK = "serving.lock"
+"""The lock file in the data directory that every service process shares while it runs."""
 
 logger = logging.getLogger(__name__)
 Item = TypeVar("Item")
@@ -51,7 +58,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(api_router)
     # Uploads stream in under a limit of their own; every other route keeps max_body_bytes.
-    app.include_router(datasets.router, max_body_size=datasets.body_limit(settings))
+    app.include_router(
+        datasets.router,
+        max_body_size=datasets.body_limit(settings),
+        dependencies=KEYED,
+        responses=problems(401, 429),
+    )
     return app
 
 
@@ -62,11 +74,16 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     await to_thread.run_sync(migrate, settings.database_url_resolved)
     engine = make_engine(settings.database_url_resolved, settings.durable_writes)
     factory = make_session_factory(engine)
+    serving = FileLock(Path(settings.data_dir) / SERVING_LOCK)
     try:
+        await to_thread.run_sync(start_auth, settings, factory)
+        app.state.keys = KeyCache(factory, settings.key_cache_seconds)
+        app.state.limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
         registry = await to_thread.run_sync(Registry.open, settings, factory, device)
         store = SessionStore(settings, factory, registry)
-        swept = await to_thread.run_sync(store.sweep_expired), await to_thread.run_sync(store.sweep_orphans)
-        logger.info("swept %d expired sessions and %d orphan files", *swept)
+        expired = await to_thread.run_sync(store.sweep_expired)
+        orphans = await to_thread.run_sync(_sweep, store, serving)
+        logger.info("swept %d expired sessions and %d orphan files", expired, orphans)
         app.state.registry, app.state.store = registry, store
         app.state.adapting = _batcher(store.create_many, settings)
         app.state.predicting = _batcher(functools.partial(answer_many, registry, store), settings)
@@ -88,7 +105,19 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             await asyncio.gather(app.state.adapting.close(), app.state.predicting.close())
             await to_thread.run_sync(runner.stop)
     finally:
+        serving.release()
         engine.dispose()
+
+
+def _sweep(store: SessionStore, serving: FileLock) -> int:
+    """Sweep the orphan session files: every one when no other process serves the data directory (none
+    can be in the making, whatever a crash left), else those older than ``ORPHAN_MIN_AGE_SECONDS``; then
+    share ``SERVING_LOCK`` with the other processes until this one stops."""
+    alone = serving.acquire()
+    try:
+        return store.sweep_orphans(0.0 if alone else ORPHAN_MIN_AGE_SECONDS)
+    finally:
+        serving.share()
 
 
 def _batcher(

@@ -5,6 +5,7 @@ in one process or in each process that torchrun starts (rank 0 validates and wri
 from __future__ import annotations
 
 import shlex
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -14,13 +15,13 @@ from typing import Any
 import torch
 
 from app.checkpoint import (
+    CARD_NAME,
     CheckpointError,
     load_card,
     load_training_state,
     load_weights,
-    save_card,
-    save_training_state,
-    save_weights,
+    recover_checkpoint,
+    save_checkpoint,
 )
 from app.families.registry import build_family
 from app.meta import Algorithm, InnerLoop, Learner, Params, build_algorithm, build_net, evaluate
@@ -29,7 +30,7 @@ from app.meta.nets import MetaNet
 from app.meta.tasks.family import Family, held_out_batches
 from app.meta.train import Progress, meta_train
 
-__all__ = ["TrainSpec", "Validation", "build_learner", "resolve_device", "train"]
+__all__ = ["Stopped", "TrainSpec", "Validation", "build_learner", "resolve_device", "train"]
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,14 @@ class Validation:
     iteration: int
     loss: float
     accuracy: float | None
+
+
+class Stopped(Exception):  # noqa: N818 (a request honoured, not a failure)
+    """Training stopped as asked, right after checkpointing ``iteration``; resuming continues from it."""
+
+    def __init__(self, iteration: int) -> None:
+        super().__init__(f"stopped at iteration {iteration}, checkpointed")
+        self.iteration = iteration
 
 
 def resolve_device(device: str) -> torch.device:
@@ -138,13 +147,18 @@ def train(
     device: str = "auto",
     cache_dir: Path = Path("data/cache"),
     on_progress: Callable[[Progress, Validation | None], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> dict[str, Any]:
-    """Train per ``spec`` into ``out`` (weights, card, training state); returns the final card.
+    """Train per ``spec`` into ``out`` (weights, card, training state); returns the final card. Once
+    ``stop`` is set, the leader checkpoints after the iteration it is in and raises ``Stopped``.
 
     With ``resume`` the run continues from the training state in ``out`` (same spec, or more iterations)
     and ends exactly where the uninterrupted run would. Under torchrun every rank calls it with the same
     arguments and ``out`` on storage they all see: they resume from the same checkpoint and train together,
     and only rank 0 validates, writes and calls ``on_progress``."""
+    if not CARD_NAME.fullmatch(name):
+        # Checked now, not when the card written at the end is read back.
+        raise ValueError(f"name: letters, digits, '.', '_' or '-', the first a letter or digit; got {name!r}")
     ranks = init_from_env()
     leader = ranks.rank == 0
     where = rank_device(resolve_device(device), ranks)
@@ -157,6 +171,9 @@ def train(
     history: list[dict[str, Any]] = []
     restore, earlier_seconds = None, 0.0
     if resume:
+        if leader:
+            recover_checkpoint(out)
+        barrier()  # the other ranks read the checkpoint once rank 0 has made it whole
         card = load_card(out)
         saved = TrainSpec(**card["training"]["spec"])
         if replace(saved, iterations=spec.iterations) != spec:
@@ -200,9 +217,9 @@ def train(
 
     def checkpoint(progress: Progress) -> None:
         card = card_for(progress)
-        card["sha256"] = save_weights(out, progress.params)
-        save_training_state(out, progress.iteration, progress.optimizer, progress.generator)
-        save_card(out, card)
+        save_checkpoint(
+            out, card, progress.params, progress.iteration, progress.optimizer, progress.generator
+        )
 
     def validate(iteration: int, meta: Params, train_loss: float | None) -> Validation:
         figures = evaluate(learner, {k: v.detach() for k, v in meta.items()}, algorithm.inner, val)
@@ -219,12 +236,16 @@ def train(
 
     def on_iteration(progress: Progress) -> None:
         validation = None
-        if progress.iteration % spec.val_every == 0 or progress.iteration == spec.iterations:
+        last = progress.iteration == spec.iterations
+        stopping = stop is not None and stop.is_set() and not last
+        if progress.iteration % spec.val_every == 0 or last:
             validation = validate(progress.iteration, progress.params, progress.loss)
-        if progress.iteration % spec.checkpoint_every == 0 or progress.iteration == spec.iterations:
+        if progress.iteration % spec.checkpoint_every == 0 or last or stopping:
             checkpoint(progress)
         if on_progress is not None:
             on_progress(progress, validation)
+        if stopping:
+            raise Stopped(progress.iteration)
 
     if not resume and leader:
         validate(0, params, None)  # where the curve starts: the untrained initialization

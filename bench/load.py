@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from app.client import Client  # noqa: E402
 from bench.report import machine, table, write  # noqa: E402
-from bench.serve import served  # noqa: E402
+from bench.serve import Server, served  # noqa: E402
 from tests.test_serving import GREEK, strokes  # noqa: E402
 
 SCRIPT = ROOT / "bench" / "wrk" / "load.lua"
@@ -31,17 +31,19 @@ TARGETS = {"predict_of_ceiling": 0.70, "adapt_of_ceiling": 0.50, "glyph_predict_
 
 
 def wrk(
-    port: int, path: str, clients: int, seconds: float, bodies: list[dict[str, Any]] | None
+    server: Server, path: str, clients: int, seconds: int, bodies: list[dict[str, Any]] | None
 ) -> dict[str, Any]:
     """One wrk run of ``clients`` connections for ``seconds``: requests/s, latency p50/p99 in ms, errors."""
     with tempfile.NamedTemporaryFile("w", suffix=".jsonl") as lines:
         env = {"PATH": "/usr/bin:/bin"}
+        if "X-API-Key" in server.headers:
+            env["API_KEY"] = server.headers["X-API-Key"]
         if bodies is not None:
             lines.write("\n".join(json.dumps(b, separators=(",", ":")) for b in bodies))
             lines.flush()
             env["BODIES"] = lines.name
         command = ["wrk", "-t1", f"-c{clients}", f"-d{seconds}s", "--timeout", "30s", "-s", str(SCRIPT),
-                   f"http://127.0.0.1:{port}{path}"]  # fmt: skip
+                   f"{server.url}{path}"]  # fmt: skip
         out = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
     summary = json.loads(out.split("SUMMARY ", 1)[1])
     return {
@@ -70,7 +72,10 @@ def run_server(batching: str, args: argparse.Namespace) -> dict[str, Any]:
     """Every load on one server with batching ``on`` or ``off``."""
     sinusoids, glyphs = supports(SESSIONS)
     found: dict[str, Any] = {"batching": batching}
-    with served(batching=batching) as port, Client(f"http://127.0.0.1:{port}", timeout=60) as client:
+    with (
+        served(batching=batching) as server,
+        Client(server.url, timeout=60, api_key=server.headers.get("X-API-Key")) as client,
+    ):
         sinusoid_sessions = [
             client.adapt(b["support"]["x"], b["support"]["y"], model="sinusoid").session_id for b in sinusoids
         ]
@@ -80,10 +85,10 @@ def run_server(batching: str, args: argparse.Namespace) -> dict[str, Any]:
         queries = [i / 10 - 5 for i in range(10)]
         predicts = [{"session_id": s, "x": queries} for s in sinusoid_sessions]
         glyph_predicts = [{"session_id": s, "x": strokes(2, seed=7)} for s in glyph_sessions]
-        found["health"] = wrk(port, "/health/live", 64, args.seconds, None)
-        found["predict"] = [wrk(port, "/predict", c, args.seconds, predicts) for c in args.clients]
-        found["adapt"] = [wrk(port, "/adapt", c, args.seconds, sinusoids) for c in args.clients]
-        found["glyph_predict"] = wrk(port, "/predict", 64, args.seconds, glyph_predicts)
+        found["health"] = wrk(server, "/health/live", 64, args.seconds, None)
+        found["predict"] = [wrk(server, "/predict", c, args.seconds, predicts) for c in args.clients]
+        found["adapt"] = [wrk(server, "/adapt", c, args.seconds, sinusoids) for c in args.clients]
+        found["glyph_predict"] = wrk(server, "/predict", 64, args.seconds, glyph_predicts)
     return found
 
 

@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -82,11 +83,12 @@ class Wire:
     """A minimal keep-alive HTTP/1.1 JSON client (the standard library's ``http.client``), so that what is
     timed is the service, not the client: httpx with pydantic adds about a millisecond per call here."""
 
-    def __init__(self, port: int) -> None:
-        self.connection = http.client.HTTPConnection("127.0.0.1", port)
+    def __init__(self, server: Server) -> None:
+        self.connection = http.client.HTTPConnection("127.0.0.1", server.port)
+        self.headers = {"Content-Type": "application/json", **server.headers}
 
     def post(self, path: str, body: dict[str, Any]) -> Any:
-        self.connection.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+        self.connection.request("POST", path, json.dumps(body), self.headers)
         response = self.connection.getresponse()
         answer = json.loads(response.read())
         if response.status != 200:
@@ -94,29 +96,47 @@ class Wire:
         return answer
 
 
+@dataclass(frozen=True)
+class Server:
+    """A started ``metaserve serve``: its process, port and URL, and the headers that carry the admin key
+    it wrote on its first start (none with auth off)."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    url: str
+    headers: dict[str, str]
+
+
 @contextlib.contextmanager
-def served(**settings: str) -> Iterator[int]:
-    """A ``metaserve serve`` on a fresh data directory and a free loopback port, with ``settings`` as
-    METASERVE_* variables (``batching="off"``), ready; yields the port and stops it with SIGTERM."""
+def served(data_dir: Path | None = None, **settings: str) -> Iterator[Server]:
+    """A ``metaserve serve`` on ``data_dir`` (default: a fresh temporary one) and a free loopback port,
+    with ``settings`` as METASERVE_* variables (``batching="off"``), ready. Stopped on leaving with
+    SIGTERM, which stops its job workers too, then its whole process group is killed."""
     port = free_port()
-    with tempfile.TemporaryDirectory(prefix="metaserve-bench-") as data_dir:
-        log = Path(data_dir) / "server.log"
-        env = {**os.environ, "METASERVE_DATA_DIR": data_dir, "METASERVE_DEVICE": "cpu"}
+    with contextlib.ExitStack() as stack:
+        if data_dir is None:
+            data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="metaserve-bench-")))
+        log = data_dir / "server.log"
+        env = {**os.environ, "METASERVE_DATA_DIR": str(data_dir), "METASERVE_DEVICE": "cpu"}
         env |= {f"METASERVE_{name.upper()}": value for name, value in settings.items()}
         command = [str(Path(sys.executable).with_name("metaserve")), "serve", "--port", str(port)]
         with log.open("wb") as sink:
-            server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(
+                command, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+            )
         try:
-            with Client(f"http://127.0.0.1:{port}") as client:
-                wait_ready(client, server, log)
-            yield port
+            url = f"http://127.0.0.1:{port}"
+            with Client(url) as client:
+                wait_ready(client, process, log)
+            key = data_dir / "admin-key"
+            yield Server(process, port, url, {"X-API-Key": key.read_text().strip()} if key.exists() else {})
         finally:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=60)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 def over_http(tasks: TaskBatch, warmup: int, calls: int) -> dict[str, list[float]]:
@@ -124,8 +144,8 @@ def over_http(tasks: TaskBatch, warmup: int, calls: int) -> dict[str, list[float
     /adapt through the typed ``app.client.Client``."""
     xs, ys = tasks.support_x.squeeze(-1).tolist(), tasks.support_y.squeeze(-1).tolist()
     queries = tasks.query_x.squeeze(-1).tolist()
-    with served() as port, Client(f"http://127.0.0.1:{port}") as client:
-        wire, sessions = Wire(port), []
+    with served() as server, Client(server.url, api_key=server.headers.get("X-API-Key")) as client:
+        wire, sessions = Wire(server), []
 
         def adapt(i: int) -> None:
             body = {"model": MODEL, "support": {"x": xs[i], "y": ys[i]}}

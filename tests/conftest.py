@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from app.client import AsyncClient
+from app.keys import ADMIN_KEY_FILE
 from app.meta import Algorithm, Learner, TaskBatch, build_net
 from app.meta.tasks.noise_images import noise_image_tasks
 from app.meta.tasks.sinusoid import sinusoid_tasks
@@ -165,8 +166,20 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+def admin_key(data_dir: Path) -> str | None:
+    """The admin key a service's first start saved in ``data_dir``, if it has started there."""
+    saved = data_dir / ADMIN_KEY_FILE
+    return saved.read_text().strip() if saved.exists() else None
+
+
 def http_to(app: FastAPI) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://metaserve")
+    """An HTTP client of ``app`` that sends the admin key its start saved (none before it has started)."""
+    key = admin_key(app.state.settings.data_dir)
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://metaserve",
+        headers={} if key is None else {"X-API-Key": key},
+    )
 
 
 @pytest.fixture

@@ -215,7 +215,11 @@ async def test_an_adapt_whose_client_left_opens_no_session(service: FastAPI, htt
         "query_string": b"",
         "root_path": "",
         "scheme": "http",
-        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"x-api-key", http.headers["x-api-key"].encode()),
+        ],
         "client": ("127.0.0.1", 1),
         "server": ("metaserve", 80),
         "state": {},

@@ -9,20 +9,29 @@ import pytest
 import torch
 
 from app.checkpoint import (
-    CARD_FIELDS,
+    CARD,
+    PENDING,
+    TRAINING_STATE,
+    WEIGHTS,
     CheckpointError,
     load_card,
     load_training_state,
     load_weights,
+    recover_checkpoint,
     save_card,
+    save_checkpoint,
     save_training_state,
     save_weights,
 )
 from app.meta import InnerLoop, Learner, build_algorithm
 
+MODELS = Path(__file__).resolve().parents[1] / "models"
+
 
 def card_with(sha256: str) -> dict[str, object]:
-    return {field: None for field in CARD_FIELDS} | {"name": "m", "sha256": sha256}
+    """The shipped sinusoid's card, renamed and pointing at other weights."""
+    shipped: dict[str, object] = json.loads((MODELS / "sinusoid" / "card.json").read_text())
+    return {**shipped, "name": "m", "sha256": sha256}
 
 
 def test_weights_with_learned_rates_round_trip_bit_exactly(tmp_path: Path, sinusoid_learner: Learner) -> None:
@@ -64,6 +73,29 @@ def test_a_card_missing_fields_names_them(tmp_path: Path) -> None:
         save_card(tmp_path, {"name": "m"})
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("name", "../escape", "name must be 1 to 64 letters"),
+        ("name", "m@2", "name must be"),
+        ("version", "1", "version must be an integer >= 1; got '1'"),
+        ("version", True, "version must be"),
+        ("net", ["mlp"], "net must be an object"),
+        ("family", {"kind": "ranking"}, "family must be an object whose 'kind' is one of"),
+        ("inner", {"steps": 0, "lr": 0.01, "adapts": "all"}, "inner must be"),
+        ("inner", {"steps": 1, "lr": float("nan"), "adapts": "all"}, "inner must be"),
+        ("sha256", "deadbeef", "sha256 must be 64 lower-case hex digits"),
+        ("training", None, "training must be an object"),
+    ],
+)
+def test_a_card_with_a_bad_field_is_refused_naming_it(
+    tmp_path: Path, field: str, value: object, message: str
+) -> None:
+    (tmp_path / "card.json").write_text(json.dumps({**card_with("0" * 64), field: value}))
+    with pytest.raises(CheckpointError, match=message):
+        load_card(tmp_path)
+
+
 def test_training_state_restores_the_optimizer_and_the_task_generator(tmp_path: Path) -> None:
     weight = torch.randn(4, requires_grad=True)
     optimizer = torch.optim.Adam([weight], lr=0.1)
@@ -82,3 +114,25 @@ def test_training_state_restores_the_optimizer_and_the_task_generator(tmp_path: 
     for key in ("step", "exp_avg", "exp_avg_sq"):
         assert torch.equal(found["state"][0][key], expected["state"][0][key])
     assert torch.equal(torch.rand(5, generator=restored_generator), torch.rand(5, generator=generator))
+
+
+def test_a_checkpoint_cut_short_by_a_crash_recovers_to_a_whole_one(tmp_path: Path) -> None:
+    optimizer, generator = torch.optim.Adam([torch.zeros(3, requires_grad=True)]), torch.Generator()
+    save_checkpoint(tmp_path, card_with(""), {"w": torch.zeros(3)}, 1, optimizer, generator)
+
+    # Killed before the card committed the new files: they are dropped, the last checkpoint stays.
+    save_weights(tmp_path, {"w": torch.ones(3)}, WEIGHTS + PENDING)
+    save_training_state(tmp_path, 2, optimizer, generator, TRAINING_STATE + PENDING)
+    recover_checkpoint(tmp_path)
+    assert torch.equal(load_weights(tmp_path, load_card(tmp_path))["w"], torch.zeros(3))
+    assert load_training_state(tmp_path, optimizer, generator) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([CARD, TRAINING_STATE, WEIGHTS])
+
+    # Killed after: the step is finished.
+    digest = save_weights(tmp_path, {"w": torch.ones(3)}, WEIGHTS + PENDING)
+    save_training_state(tmp_path, 2, optimizer, generator, TRAINING_STATE + PENDING)
+    save_card(tmp_path, card_with(digest))
+    recover_checkpoint(tmp_path)
+    assert torch.equal(load_weights(tmp_path, load_card(tmp_path))["w"], torch.ones(3))
+    assert load_training_state(tmp_path, optimizer, generator) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([CARD, TRAINING_STATE, WEIGHTS])

@@ -21,7 +21,7 @@ from app.db.engine import BUSY_TIMEOUT_MS, make_engine, make_session_factory
 from app.db.migrate import alembic_config, main, migrate
 from app.db.tables import AdaptedSession, Base, Initialization, Job, JobMetric
 
-TABLES = {"initializations", "sessions", "datasets", "jobs", "job_metrics"}
+TABLES = {"initializations", "sessions", "datasets", "jobs", "job_metrics", "api_keys"}
 NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
@@ -91,7 +91,7 @@ def test_migrating_a_fresh_file_creates_every_table_at_head(url: str, tmp_path: 
     migrate(url)  # the data directory does not exist yet: migrate creates it
     engine = make_engine(url)
     head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
-    assert head == "0001"
+    assert head == "0002"
     assert current_revision(engine) == head
     assert set(inspect(engine).get_table_names()) == TABLES | {"alembic_version"}
     assert set(Base.metadata.tables) == TABLES
@@ -110,7 +110,7 @@ def test_migrating_again_changes_nothing_and_keeps_the_rows(engine: Engine, url:
     before = schema()
     migrate(url)
     assert schema() == before
-    assert current_revision(engine) == "0001"
+    assert current_revision(engine) == "0002"
     with make_session_factory(engine)() as db:
         assert db.scalar(select(func.count()).select_from(Initialization)) == 1
 
@@ -134,8 +134,8 @@ def test_offline_upgrade_prints_the_sql_and_touches_no_database(
     clean_env.setenv("METASERVE_DATA_DIR", str(tmp_path / "data"))
     main(["upgrade", "head", "--sql"])
     sql = capsys.readouterr().out
-    assert sum(f"CREATE TABLE {table} " in sql for table in TABLES) == 5
-    assert "INSERT INTO alembic_version (version_num) VALUES ('0001')" in sql
+    assert sum(f"CREATE TABLE {table} " in sql for table in TABLES) == len(TABLES)
+    assert "UPDATE alembic_version SET version_num='0002'" in sql
     assert not (tmp_path / "data" / "metaserve.db").exists()
 
 
@@ -145,7 +145,7 @@ def test_concurrent_first_starts_migrate_the_file_once(url: str) -> None:
     errors = [start.communicate(timeout=120)[1].decode() for start in starts]
     assert [start.returncode for start in starts] == [0, 0, 0], errors
     engine = make_engine(url)
-    assert current_revision(engine) == "0001"
+    assert current_revision(engine) == "0002"
     engine.dispose()
 
 

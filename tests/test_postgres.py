@@ -65,7 +65,7 @@ def settings(tmp_path: Path, models_dir: Path, postgres_url: str) -> Settings:
 def test_the_migrations_build_the_orms_schema_on_postgres_and_a_second_run_changes_nothing(
     engine: Engine, db: sessionmaker[Session], postgres_url: str
 ) -> None:
-    assert current_revision(engine) == "0001"
+    assert current_revision(engine) == "0002"
     assert set(inspect(engine).get_table_names()) == TABLES | {"alembic_version"}
     with engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
@@ -73,7 +73,7 @@ def test_the_migrations_build_the_orms_schema_on_postgres_and_a_second_run_chang
     with db.begin() as session:
         session.add(initialization())
     migrate(postgres_url)
-    assert current_revision(engine) == "0001"
+    assert current_revision(engine) == "0002"
     with db() as session:
         assert session.scalar(select(func.count()).select_from(Initialization)) == 1
 
@@ -84,7 +84,7 @@ def test_processes_migrating_one_postgres_database_at_once_take_turns(postgres_u
     errors = [start.communicate(timeout=120)[1].decode() for start in starts]
     assert [start.returncode for start in starts] == [0] * 4, errors
     engine = make_engine(postgres_url)
-    assert current_revision(engine) == "0001"
+    assert current_revision(engine) == "0002"
     engine.dispose()
 
 

@@ -19,12 +19,14 @@ import torch
 
 from app.config import Settings
 from app.families.registry import build_family
+from app.keys import ADMIN_KEY_FILE
 from app.main import create_app
 from tests.test_serve_e2e import free_port, serving
 from tests.test_serving import png
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 DOCUMENTED_ADDRESS = "127.0.0.1:8000"
+DOCUMENTED_KEY = "data/admin-key"
 LABELS = ["a", "b", "c", "d", "e"]
 RUN_SECONDS = 120
 # A block to run is marked by an HTML comment just before it, invisible once rendered.
@@ -48,12 +50,13 @@ def table(heading: str) -> list[list[str]]:
 
 
 @pytest.fixture(scope="module")
-def address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real ``metaserve serve`` on a free port, its data in a temporary directory."""
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A real ``metaserve serve`` on a free port, its data in a temporary directory: its address and the
+    admin key file its first start saved."""
     root = tmp_path_factory.mktemp("readme-serve")
     port = free_port()
     with serving(root / "data", port, root / "serve.log"):
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{port}", root / "data" / ADMIN_KEY_FILE
 
 
 @pytest.fixture(scope="module")
@@ -72,10 +75,12 @@ def drawings(tmp_path_factory: pytest.TempPathFactory, glyphs_cache: Path) -> Pa
     return root
 
 
-def run_block(name: str, address: str, cwd: Path) -> str:
-    """Run the README's block ``name`` against the service at ``address``; its standard output."""
+def run_block(name: str, served: tuple[str, Path], cwd: Path) -> str:
+    """Run the README's block ``name`` against the service ``served`` (its address and admin key file);
+    its standard output."""
     language, code = marked_blocks()[name]
-    code = code.replace(DOCUMENTED_ADDRESS, address)
+    address, key_file = served
+    code = code.replace(DOCUMENTED_ADDRESS, address).replace(DOCUMENTED_KEY, str(key_file))
     command = {"bash": ["bash", "-euo", "pipefail", "-c", code], "python": [sys.executable, "-c", code]}
     done = subprocess.run(
         command[language], cwd=cwd, capture_output=True, text=True, timeout=RUN_SECONDS, check=False
@@ -93,22 +98,22 @@ def test_the_readme_marks_its_four_client_examples_for_testing() -> None:
     assert marked_blocks().keys() == {"sinusoid-python", "sinusoid-curl", "glyphs-python", "glyphs-curl"}
 
 
-def test_the_python_sinusoid_example_prints_two_predictions(address: str, tmp_path: Path) -> None:
-    assert_two_numbers(ast.literal_eval(run_block("sinusoid-python", address, tmp_path)))
+def test_the_python_sinusoid_example_prints_two_predictions(served: tuple[str, Path], tmp_path: Path) -> None:
+    assert_two_numbers(ast.literal_eval(run_block("sinusoid-python", served, tmp_path)))
 
 
 def test_the_curl_sinusoid_example_adapts_then_predicts_with_the_session(
-    address: str, tmp_path: Path
+    served: tuple[str, Path], tmp_path: Path
 ) -> None:
-    answer = json.loads(run_block("sinusoid-curl", address, tmp_path))
+    answer = json.loads(run_block("sinusoid-curl", served, tmp_path))
     assert answer["model"] == "sinusoid@1" and answer["session_id"], answer
     assert_two_numbers(answer["predictions"])
 
 
 def test_the_python_glyph_example_recognizes_most_drawings_of_five_characters(
-    address: str, drawings: Path
+    served: tuple[str, Path], drawings: Path
 ) -> None:
-    lines = run_block("glyphs-python", address, drawings).splitlines()
+    lines = run_block("glyphs-python", served, drawings).splitlines()
     assert len(lines) == len(LABELS), lines
     right = 0
     for line in lines:
@@ -121,9 +126,9 @@ def test_the_python_glyph_example_recognizes_most_drawings_of_five_characters(
 
 
 def test_the_curl_glyph_example_classifies_a_query_among_the_posted_labels(
-    address: str, drawings: Path
+    served: tuple[str, Path], drawings: Path
 ) -> None:
-    answer = json.loads(run_block("glyphs-curl", address, drawings))
+    answer = json.loads(run_block("glyphs-curl", served, drawings))
     assert answer["model"] == "glyphs@1", answer
     [guess] = answer["predictions"]
     assert set(guess["probabilities"]) == set(LABELS) and guess["label"] in LABELS, guess

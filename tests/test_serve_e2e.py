@@ -18,6 +18,7 @@ import httpx
 import torch
 
 from app.client import Client
+from tests.conftest import admin_key
 from tests.test_cli import METASERVE
 from tests.test_serving import sinusoid
 
@@ -41,8 +42,9 @@ def server_process(
     options: Sequence[str] = (),
 ) -> Iterator[tuple[subprocess.Popen[bytes], Client]]:
     """``metaserve serve`` on ``port``, with ``environment`` added and its ``options`` (``--workers 2``), once
-    it is ready. It leads a process group of its own, whatever still runs of which (its worker processes
-    too) is killed on leaving."""
+    it is ready, with a client that sends the admin key its first start saved in ``data_dir``. It leads a
+    process group of its own, whatever still runs of which (its worker processes too) is killed on
+    leaving."""
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
@@ -62,6 +64,9 @@ def server_process(
                 assert process.poll() is None, log.read_text()
                 assert time.monotonic() < deadline, log.read_text()
                 time.sleep(0.2)
+            key = admin_key(data_dir)
+            if key is not None:
+                client.http.headers["X-API-Key"] = key
             yield process, client
     finally:
         with contextlib.suppress(ProcessLookupError):

@@ -24,6 +24,7 @@ from app.jobs.runner import POLL_SECONDS, RUNNER_LOCK, JobRunner
 from app.jobs.spec import JobSpec
 from app.jobs.store import JobStore
 from app.serving import Registry
+from tests.conftest import admin_key
 from tests.test_database import current_revision
 from tests.test_jobs import SHORT, only, until
 from tests.test_serve_e2e import free_port, server_process
@@ -63,7 +64,7 @@ def test_two_workers_migrate_once_serve_each_others_sessions_and_one_runs_the_jo
         workers = set(logged(log, STARTED))
         # A connection per request, so that the kernel hands each to either worker.
         http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60, headers={"Connection": "close"})
-        with Client(http=http) as client:
+        with Client(http=http, api_key=admin_key(data)) as client:
             calls: list[str] = []
             answers: dict[str, set[tuple[float, ...]]] = defaultdict(set)
             for seed in range(ROUNDS):
@@ -96,11 +97,11 @@ def test_two_workers_migrate_once_serve_each_others_sessions_and_one_runs_the_jo
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=30) == 0, log.read_text()
     text = log.read_text()
-    assert text.count("Running upgrade  -> 0001") == 1, text
+    assert text.count("Running upgrade  -> 0001") == text.count("Running upgrade 0001 -> 0002") == 1, text
     assert "Traceback" not in text and "ERROR" not in text, text
     assert f"Stopping parent process [{server.pid}]" in text.splitlines()[-1]
     engine = make_engine(f"sqlite:///{data / 'metaserve.db'}")
-    assert current_revision(engine) == "0001"
+    assert current_revision(engine) == "0002"
     engine.dispose()
 
 

@@ -1,17 +1,23 @@
-"""Dependencies of the routes as ``Annotated`` aliases: the settings, the loaded models, the sessions, the
-batchers of /adapt and /predict, the datasets and the jobs."""
+"""Dependencies of the routes as ``Annotated`` aliases: the caller (its API key checked and rate-limited),
+the settings, the loaded models, the sessions, the batchers of /adapt and /predict, the datasets and the
+jobs."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Request, status
+from anyio import to_thread
+from fastapi import Depends, HTTPException, Request, Security, status
+from fastapi.security import APIKeyHeader
 from starlette.datastructures import State
 
+from app.api.auth import ANONYMOUS, KeyCache
+from app.api.limits import RateLimiter
 from app.config import Settings
 from app.datasets import DatasetStore
 from app.jobs.store import JobStore
+from app.keys import Caller
 from app.serving import Registry, SessionRecord, SessionStore
 from app.serving.batcher import Batcher
 from app.serving.predict import Answer, Query
@@ -19,12 +25,15 @@ from app.serving.sessions import SupportSet
 
 __all__ = [
     "AdaptingDep",
+    "AdminDep",
+    "CallerDep",
     "DatasetStoreDep",
     "JobStoreDep",
     "PredictingDep",
     "RegistryDep",
     "SettingsDep",
     "StoreDep",
+    "caller",
     "caller_gone",
     "ready",
 ]
@@ -63,6 +72,47 @@ DatasetStoreDep = Annotated[DatasetStore, Depends(_served("datasets"))]
 JobStoreDep = Annotated[JobStore, Depends(_served("jobs"))]
 AdaptingDep = Annotated[Batcher[SupportSet, SessionRecord], Depends(_served("adapting"))]
 PredictingDep = Annotated[Batcher[Query, Answer], Depends(_served("predicting"))]
+
+_API_KEY = APIKeyHeader(
+    name="X-API-Key", auto_error=False, description="An API key from `metaserve keys create`."
+)
+_UNAUTHORIZED = {"WWW-Authenticate": "ApiKey"}
+
+
+async def caller(request: Request, key: Annotated[str | None, Security(_API_KEY)]) -> Caller:
+    """The caller of the request: 401 without a valid key (when auth is on), 429 with Retry-After past its
+    rate limit. Keys are checked once per request and trusted from memory for ``key_cache_seconds``."""
+    state = _serving(request)
+    settings: Settings = state.settings
+    found = ANONYMOUS if not settings.auth else await _verified(state.keys, key)
+    limiter: RateLimiter = state.limiter
+    wait = limiter.wait(found.id)
+    if wait:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            f"over {settings.rate_limit_per_second:g} requests a second; retry after {wait} s",
+            {"Retry-After": str(wait)},
+        )
+    return found
+
+
+async def _verified(keys: KeyCache, key: str | None) -> Caller:
+    if not key:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "send an API key in X-API-Key", _UNAUTHORIZED)
+    found = keys.cached(key) or await to_thread.run_sync(keys.verified, key)
+    if found is None:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "unknown or revoked API key", _UNAUTHORIZED)
+    return found
+
+
+async def _admin(found: Annotated[Caller, Depends(caller)]) -> Caller:
+    if not found.admin:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "only an admin API key may do this")
+    return found
+
+
+CallerDep = Annotated[Caller, Depends(caller)]
+AdminDep = Annotated[Caller, Depends(_admin)]
 
 
 def caller_gone(request: Request) -> Callable[[], Awaitable[None]]:

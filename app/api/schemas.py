@@ -14,6 +14,7 @@ from pydantic.json_schema import JsonDict
 from app.jobs.spec import JobSpec
 
 __all__ = [
+    "MAX_PAGE",
     "AdaptRequest",
     "Classification",
     "Dataset",
@@ -29,6 +30,7 @@ __all__ = [
     "ModelVersion",
     "PredictRequest",
     "Prediction",
+    "Problem",
     "Promote",
     "Session",
     "SessionPage",
@@ -37,6 +39,9 @@ __all__ = [
 
 Label = str | int
 """A class label as the support set gave it."""
+
+MAX_PAGE = 1_000_000
+"""Highest page number of a list: far past any real listing, and its offset fits the database's integers."""
 
 EXAMPLES_DOC = (
     "Numbers (or nested lists of numbers) in the model's input shape; a model that takes one-channel square "
@@ -69,8 +74,13 @@ class AdaptRequest(BaseModel):
         default=None, description="`name` or `name@version`; the service's default model when omitted."
     )
     support: Support
-    steps: int | None = Field(default=None, ge=1, description="Inner steps; the model card's when omitted.")
-    lr: float | None = Field(default=None, gt=0, description="Inner learning rate; the card's when omitted.")
+    # Strict numbers: the schema says integer and number, so "10" or 10.0 steps are refused, not coerced.
+    steps: int | None = Field(
+        default=None, ge=1, strict=True, description="Inner steps; the model card's when omitted."
+    )
+    lr: float | None = Field(
+        default=None, gt=0, strict=True, description="Inner learning rate; the card's when omitted."
+    )
 
 
 class PredictRequest(BaseModel):
@@ -252,7 +262,13 @@ class Promote(BaseModel):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"version": 1}]})
 
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, strict=True)
+
+
+class Problem(BaseModel):
+    """Why a request failed (any error status but 422, which lists each invalid field)."""
+
+    detail: str
 
 
 class Health(BaseModel):

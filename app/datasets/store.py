@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.config import Settings
 from app.datasets.archive import check_size, unpack
 from app.datasets.upload import copy_at_most, format_of
-from app.db.tables import Dataset, Job
+from app.db.tables import Dataset, Job, visible_to
 from app.families.registry import build_family
 from app.jobs.store import ACTIVE
 from app.meta.tasks.pools import SPLITS
@@ -48,11 +48,12 @@ class DatasetStore:
 
     def create(
         self, name: str, format: str | None, stream: IO[bytes], *, filename: str | None, ways: int,
-        shots: int, queries: int,
+        shots: int, queries: int, owner: str | None = None,
     ) -> Dataset:  # fmt: skip
         """Store what ``stream`` holds (``format``, else the suffix of ``filename``; see ``format_of``) as
-        dataset ``name`` once its family builds and every split yields a ``ways``-way task of ``shots`` +
-        ``queries`` examples a class. Nothing stays on disk or in the database when any step fails."""
+        dataset ``name`` of ``owner`` (an API key's id) once its family builds and every split yields a
+        ``ways``-way task of ``shots`` + ``queries`` examples a class. Nothing stays on disk or in the
+        database when any step fails."""
         if not NAME.fullmatch(name):
             raise ValueError(
                 f"name: 1 to 64 letters, digits, '.', '_' or '-', the first a letter or digit; got {name!r}"
@@ -65,7 +66,9 @@ class DatasetStore:
             data, size = self._unpacked(format, stream, staging, name)
             checked = _checked(FAMILIES[format], data, ways, shots, queries)
             path = f"{DATASETS}/{dataset_id}/{data.relative_to(staging)}"
-            row = Dataset(id=dataset_id, name=name, format=format, path=path, size_bytes=size, **checked)
+            row = Dataset(
+                id=dataset_id, name=name, format=format, path=path, size_bytes=size, owner=owner, **checked
+            )
             staging.rename(final)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -78,27 +81,30 @@ class DatasetStore:
             raise
         return row
 
-    def get(self, dataset_id: str) -> Dataset:
-        """The row of ``dataset_id``; ``NotFound`` when there is none."""
+    def get(self, dataset_id: str, scope: str | None = None) -> Dataset:
+        """The row of ``dataset_id``; ``NotFound`` when there is none or ``scope`` (an owner; None: anyone)
+        does not own it."""
         with self._db() as db:
             row = db.get(Dataset, dataset_id)
-        if row is None:
+        if row is None or scope not in (None, row.owner):
             raise NotFound(f"no dataset {dataset_id!r}")
         return row
 
-    def list(self) -> builtins.list[Dataset]:
-        """Every dataset, newest first."""
+    def list(self, scope: str | None = None) -> builtins.list[Dataset]:
+        """Every dataset of ``scope`` (an owner; None: all), newest first."""
+        query = select(Dataset).where(visible_to(Dataset.owner, scope))
         with self._db() as db:
-            return builtins.list(db.scalars(select(Dataset).order_by(Dataset.created.desc(), Dataset.id)))
+            return builtins.list(db.scalars(query.order_by(Dataset.created.desc(), Dataset.id)))
 
-    def delete(self, dataset_id: str) -> None:
+    def delete(self, dataset_id: str, scope: str | None = None) -> None:
         """Delete the row, then the files; refused with ``Conflict`` while a queued or running job reads it.
-        Finished jobs let go of it (their ``dataset_id`` becomes null), so that the foreign key allows it."""
+        Finished jobs let go of it (their ``dataset_id`` becomes null), so that the foreign key allows it.
+        ``NotFound`` when ``scope`` (an owner; None: anyone) does not own it."""
         with self._db.begin() as db:
             # The row is locked (PostgreSQL) and a write comes first (it takes SQLite's write lock), so no job
             # can be queued for it between the count of active jobs below and the delete.
             row = db.get(Dataset, dataset_id, with_for_update=True)
-            if row is None:
+            if row is None or scope not in (None, row.owner):
                 raise NotFound(f"no dataset {dataset_id!r}")
             db.execute(
                 update(Job)

@@ -1,4 +1,5 @@
-"""The metadata database's tables (SQLAlchemy 2 ORM): initializations, sessions, datasets, jobs, job metrics.
+"""The metadata database's tables (SQLAlchemy 2 ORM): initializations, sessions, datasets, jobs, job metrics,
+API keys.
 
 Rows hold metadata; tensors live in files under the data directory, named by a row's ``path``.
 """
@@ -12,6 +13,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     CheckConstraint,
+    ColumnElement,
     DateTime,
     Dialect,
     Double,
@@ -22,13 +24,15 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    true,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, InstrumentedAttribute, Mapped, mapped_column
 
 __all__ = [
     "JOB_STATES",
     "NAMING_CONVENTION",
     "AdaptedSession",
+    "ApiKey",
     "Base",
     "Dataset",
     "Initialization",
@@ -36,6 +40,7 @@ __all__ = [
     "JobMetric",
     "UTCDateTime",
     "utc_now",
+    "visible_to",
 ]
 
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -54,6 +59,12 @@ NAMING_CONVENTION = {
 def utc_now() -> datetime:
     """The current time, timezone-aware in UTC."""
     return datetime.now(UTC)
+
+
+def visible_to(owner: InstrumentedAttribute[str | None], scope: str | None) -> ColumnElement[bool]:
+    """The condition that a row whose owner column is ``owner`` belongs to ``scope``, an API key's id (None:
+    any row, for an admin key or with auth off)."""
+    return true() if scope is None else owner == scope
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -105,7 +116,8 @@ class Initialization(Base):
 
 class AdaptedSession(Base):
     """A session: an initialization adapted to one support set. ``path`` is the safetensors file of the
-    tensors adaptation changed. (Not called ``Session``, which is SQLAlchemy's unit of work.)"""
+    tensors adaptation changed, ``owner`` the id of the API key that made it (None: made with auth off).
+    (Not called ``Session``, which is SQLAlchemy's unit of work.)"""
 
     __tablename__ = "sessions"
 
@@ -124,6 +136,7 @@ class AdaptedSession(Base):
     last_used: Mapped[datetime] = mapped_column(index=True)
     expires: Mapped[datetime] = mapped_column(index=True)
     path: Mapped[str]
+    owner: Mapped[str | None] = mapped_column(String(32), index=True)
 
 
 class Dataset(Base):
@@ -141,6 +154,7 @@ class Dataset(Base):
     classes: Mapped[int | None]  # None for regression data
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created: Mapped[datetime] = mapped_column(default=utc_now)
+    owner: Mapped[str | None] = mapped_column(String(32), index=True)
 
 
 class Job(Base):
@@ -162,6 +176,7 @@ class Job(Base):
     finished: Mapped[datetime | None]
     worker_pid: Mapped[int | None]
     heartbeat: Mapped[datetime | None]
+    owner: Mapped[str | None] = mapped_column(String(32), index=True)
 
 
 class JobMetric(Base):
@@ -177,3 +192,16 @@ class JobMetric(Base):
     val_loss: Mapped[float | None]
     val_accuracy: Mapped[float | None]
     created: Mapped[datetime] = mapped_column(default=utc_now)
+
+
+class ApiKey(Base):
+    """An API key: only the sha256 of its secret is kept; a revoked key stays, so its rows keep an owner."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    hash: Mapped[str] = mapped_column(String(64))
+    admin: Mapped[bool] = mapped_column(default=False)
+    created: Mapped[datetime] = mapped_column(default=utc_now)
+    revoked_at: Mapped[datetime | None]

@@ -23,8 +23,10 @@ Algorithm = Literal["maml", "fomaml", "anil", "metasgd", "reptile"]
 class JobSpec(BaseModel):
     """A meta-training job: exactly one of ``family`` (generated tasks) and ``dataset_id`` (an upload)."""
 
+    # Strict: the API's schema says integer and number, so "10" or 10.0 iterations are refused, not coerced.
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={
             "examples": [
                 {"name": "my-sinusoid", "family": "sinusoid", "iterations": 200, "val_every": 50},

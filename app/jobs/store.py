@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import delete, exc, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.db.tables import Dataset, Initialization, Job, JobMetric, utc_now
+from app.db.tables import Dataset, Initialization, Job, JobMetric, utc_now, visible_to
 from app.jobs.spec import JobSpec
 from app.serving import Conflict, NotFound
 
@@ -29,49 +29,66 @@ class JobStore:
     def __init__(self, session_factory: sessionmaker[Session]) -> None:
         self._db = session_factory
 
-    def submit(self, spec: JobSpec) -> Job:
-        """Queue a job for ``spec``; its dataset, if any, must exist."""
-        job = Job(id=secrets.token_urlsafe(16), spec=spec.model_dump(), dataset_id=spec.dataset_id)
+    def submit(self, spec: JobSpec, owner: str | None = None, scope: str | None = None) -> Job:
+        """Queue a job for ``spec``, owned by ``owner`` (an API key's id); its dataset, if any, must exist
+        and belong to ``scope`` (an owner; None: anyone)."""
+        job = Job(
+            id=secrets.token_urlsafe(16), spec=spec.model_dump(), dataset_id=spec.dataset_id, owner=owner
+        )
         missing = f"dataset_id: no dataset {spec.dataset_id!r}; see GET /datasets"
         try:
             with self._db.begin() as db:
-                if spec.dataset_id is not None and db.get(Dataset, spec.dataset_id) is None:
+                dataset = None if spec.dataset_id is None else db.get(Dataset, spec.dataset_id)
+                if spec.dataset_id is not None and (dataset is None or scope not in (None, dataset.owner)):
                     raise ValueError(missing)
                 db.add(job)
         except exc.IntegrityError:  # the dataset was deleted between the check and the insert
             raise ValueError(missing) from None
         return job
 
-    def get(self, job_id: str) -> tuple[Job, str | None]:
-        """The job and the ``name@version`` it published, if it has."""
+    def get(self, job_id: str, scope: str | None = None) -> tuple[Job, str | None]:
+        """The job and the ``name@version`` it published, if it has; ``NotFound`` also when ``scope`` (an
+        owner; None: anyone) does not own it."""
+        query = _with_model().where(Job.id == job_id, visible_to(Job.owner, scope))
         with self._db() as db:
-            found = db.execute(_with_model().where(Job.id == job_id)).one_or_none()
+            found = db.execute(query).one_or_none()
         if found is None:
             raise NotFound(f"no job {job_id!r}")
         return found[0], _ref(found[1], found[2])
 
-    def list(self, page: int = 1, size: int = 50) -> builtins.list[tuple[Job, str | None]]:
-        """Jobs, newest first, ``size`` per page from page 1."""
+    def list(
+        self, page: int = 1, size: int = 50, scope: str | None = None
+    ) -> builtins.list[tuple[Job, str | None]]:
+        """Jobs of ``scope`` (an owner; None: all), newest first, ``size`` per page from page 1."""
         if page < 1 or not 1 <= size <= MAX_PAGE_SIZE:
             raise ValueError(f"size: must be from 1 to {MAX_PAGE_SIZE}, and page >= 1; got {size}, {page}")
-        query = _with_model().order_by(Job.created.desc(), Job.id).offset((page - 1) * size).limit(size)
+        query = (
+            _with_model()
+            .where(visible_to(Job.owner, scope))
+            .order_by(Job.created.desc(), Job.id)
+            .offset((page - 1) * size)
+            .limit(size)
+        )
         with self._db() as db:
             return [(job, _ref(name, version)) for job, name, version in db.execute(query)]
 
-    def metrics(self, job_id: str, after: int = 0) -> builtins.list[JobMetric]:
-        """The job's validation points with ids above ``after``, in order."""
+    def metrics(self, job_id: str, after: int = 0, scope: str | None = None) -> builtins.list[JobMetric]:
+        """The job's validation points with ids above ``after``, in order; ``NotFound`` also when ``scope``
+        (an owner; None: anyone) does not own the job."""
         query = select(JobMetric).where(JobMetric.job_id == job_id, JobMetric.id > after)
         with self._db() as db:
-            if db.get(Job, job_id) is None:
+            job = db.get(Job, job_id)
+            if job is None or scope not in (None, job.owner):
                 raise NotFound(f"no job {job_id!r}")
             return builtins.list(db.scalars(query.order_by(JobMetric.id)))
 
-    def cancel(self, job_id: str) -> Job:
+    def cancel(self, job_id: str, scope: str | None = None) -> Job:
         """Mark a queued or running job cancelled: a queued one never starts, a running one's worker sees
-        the state at its next report and stops (the runner stops it if it does not)."""
+        the state at its next report and stops (the runner stops it if it does not). ``NotFound`` also when
+        ``scope`` (an owner; None: anyone) does not own it."""
         with self._db.begin() as db:
             job = db.get(Job, job_id)
-            if job is None:
+            if job is None or scope not in (None, job.owner):
                 raise NotFound(f"no job {job_id!r}")
             if job.state in FINISHED:
                 raise Conflict(f"job {job_id!r} has already {job.state}; there is nothing to cancel")

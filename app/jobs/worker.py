@@ -3,13 +3,16 @@
 It trains with the same ``train`` as ``metaserve train`` into ``<data_dir>/jobs/<id>/checkpoint``,
 resuming from the checkpoint there when an earlier worker was stopped, reports progress, a heartbeat and
 validation points to the job's row, stops at its next report once the job is cancelled, and publishes
-the result. Settings come from the same METASERVE_* environment as the service's.
+the result. On SIGTERM a one-process worker checkpoints after its current iteration and exits, so that
+the job resumes from there (under torchrun the ranks die with the signal and resume from the last
+periodic checkpoint). Settings come from the same METASERVE_* environment as the service's.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -27,7 +30,7 @@ from app.jobs.spec import JobSpec
 from app.jobs.store import JobStore
 from app.meta.distributed import init_from_env
 from app.meta.train import Progress
-from app.training import TrainSpec, Validation, train
+from app.training import Stopped, TrainSpec, Validation, train
 
 __all__ = ["BEAT_SECONDS", "JOBS", "CancelledError", "checkpoint_dir", "main", "run"]
 
@@ -49,7 +52,9 @@ def checkpoint_dir(settings: Settings, job_id: str) -> Path:
 
 def run(settings: Settings, job_id: str) -> int:
     """Train, then publish, the running job ``job_id``; returns the exit status (0 also when cancelled)."""
-    leader = init_from_env().rank == 0
+    ranks = init_from_env()
+    leader = ranks.rank == 0
+    stop = _stop_on_sigterm() if ranks.world_size == 1 else None
     engine = make_engine(settings.database_url_resolved, settings.durable_writes)
     factory = make_session_factory(engine)
     store = JobStore(factory)
@@ -60,10 +65,12 @@ def run(settings: Settings, job_id: str) -> int:
         out = checkpoint_dir(settings, job_id)
         resume = (out / TRAINING_STATE).is_file()
         if leader and resume:
-            store.forget_metrics_after(job_id, load_card(out)["training"]["iteration"])
+            iteration = load_card(out)["training"]["iteration"]
+            logger.info("job %s resumes from iteration %d", job_id, iteration)
+            store.forget_metrics_after(job_id, iteration)
         stopped = _heartbeat(store, job_id) if leader else threading.Event()
         report = _reporter(store, job_id, recipe.iterations, stopped)
-        card = train(recipe, out, spec.name, resume, settings.device, _cache(settings), report)
+        card = train(recipe, out, spec.name, resume, settings.device, _cache(settings), report, stop)
         if leader:
             lineage = {"job": job_id, "dataset": spec.dataset_id, "spec": spec.model_dump()}
             result = publish(factory, Path(settings.data_dir), out, lineage, _cache(settings))
@@ -72,6 +79,9 @@ def run(settings: Settings, job_id: str) -> int:
         return 0
     except CancelledError:
         logger.info("job %s was cancelled; its last checkpoint stays", job_id)
+        return 0
+    except Stopped as stopped:
+        logger.info("job %s stopped by SIGTERM, checkpointed at iteration %d", job_id, stopped.iteration)
         return 0
     except Exception as error:
         logger.exception("job %s failed", job_id)
@@ -91,6 +101,13 @@ def _recipe(spec: JobSpec, settings: Settings, factory: sessionmaker[Session]) -
     if dataset is None:
         raise ValueError(f"dataset_id: the dataset {spec.dataset_id!r} is gone")
     return spec.train_spec(dataset.details["family"], Path(settings.data_dir) / dataset.path)
+
+
+def _stop_on_sigterm() -> threading.Event:
+    """An event that SIGTERM sets instead of ending the process, so that training checkpoints first."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda _number, _frame: stop.set())
+    return stop
 
 
 def _cache(settings: Settings) -> Path:

@@ -4,7 +4,6 @@ and targets or class labels, refused with a ``ValueError`` that names the field,
 from __future__ import annotations
 
 import base64
-import binascii
 import io
 import reprlib
 from collections.abc import Callable
@@ -130,7 +129,7 @@ def _image(text: str, shape: tuple[int, ...], where: str) -> np.ndarray:
         )
     try:
         data = base64.b64decode(text, validate=True)
-    except binascii.Error as error:
+    except ValueError as error:  # binascii.Error, or a ValueError for characters beyond ASCII
         raise ValueError(f"{where}: not valid base64 ({error})") from None
     try:
         with Image.open(io.BytesIO(data), formats=["PNG"]) as image:

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from app.meta import Params
 from app.meta.stacked import predict_many
+from app.serving.errors import Conflict
 from app.serving.examples import Label, query_tensor
 from app.serving.registry import LoadedModel, Registry
 from app.serving.sessions import SessionStore
@@ -21,11 +22,13 @@ __all__ = ["Answer", "Query", "answer_many", "predict"]
 
 @dataclass(frozen=True)
 class Query:
-    """Query inputs as the request gave them, for a session or else an initialization as it is."""
+    """Query inputs as the request gave them, for a session or else an initialization as it is; ``scope``
+    is the API key whose sessions it may use (None: any)."""
 
     x: list[Any]
     session_id: str | None = None
     model: str | None = None
+    scope: str | None = None
 
 
 @dataclass(frozen=True)
@@ -40,10 +43,11 @@ class Answer:
 def answer_many(
     registry: Registry, store: SessionStore, queries: Sequence[Query]
 ) -> list[Answer | Exception]:
-    """Each query's answer, or its error (``NotFound``, a ``ValueError`` naming the field). The sessions
-    are read in one query; queries on one model, all on sessions or all on the initialization, run as one
-    batched forward pass."""
-    sessions = iter(store.open_many([q.session_id for q in queries if q.session_id is not None]))
+    """Each query's answer, or its error (``NotFound``, ``Conflict`` for an unreadable session, a
+    ``ValueError`` naming the field). The sessions are read in one query; queries on one model, all on
+    sessions or all on the initialization, run as one batched forward pass."""
+    asked = [(q.session_id, q.scope) for q in queries if q.session_id is not None]
+    sessions = iter(store.open_many([i for i, _ in asked], [scope for _, scope in asked]))
     results: list[Answer | Exception] = [ValueError("x: not predicted")] * len(queries)
     batches: dict[tuple[str, bool], list[tuple[int, Params, Tensor, Sequence[Label] | None]]] = {}
     labels: Sequence[Label] | None
@@ -58,7 +62,7 @@ def answer_many(
                     raise opened
                 model, changed, labels = opened.model, opened.changed, opened.record.label_map
             x = query_tensor(model, query.x, store.settings.max_query)
-        except (LookupError, ValueError) as error:
+        except (LookupError, ValueError, Conflict) as error:
             results[i] = error
             continue
         models[model.ref] = model

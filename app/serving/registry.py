@@ -7,7 +7,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import torch
 from sqlalchemy import exc, select, update
@@ -228,14 +228,7 @@ def _read(directory: Path, device: torch.device) -> _Checkpoint:
         raise CheckpointError(
             f"training is not complete (iteration {training.get('iteration')} of {spec.get('iterations')})"
         )
-    if not isinstance(card["name"], str) or not isinstance(card["version"], int):
-        raise CheckpointError(
-            f"name must be a string and version an integer; got {card['name']!r} and {card['version']!r}"
-        )
-    kind = card["family"]["kind"]
-    if kind not in get_args(Kind):
-        raise CheckpointError(f"family kind must be one of {get_args(Kind)}; got {kind!r}")
-    learner = build_learner(build_net(card["net"]), kind)
+    learner = build_learner(build_net(card["net"]), card["family"]["kind"])
     inner = InnerLoop(card["inner"]["steps"], card["inner"]["lr"], card["inner"]["adapts"])
     params = load_weights(directory, card)
     expected = {k: tuple(v.shape) for k, v in learner.net.named_parameters()}

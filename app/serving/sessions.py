@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import builtins
 import functools
+import logging
 import math
 import secrets
 import time
@@ -15,18 +16,19 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from sqlalchemy import Select, delete, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 from torch import Tensor
 
 from app.config import Settings
-from app.db.tables import AdaptedSession, Initialization, utc_now
+from app.db.tables import AdaptedSession, Initialization, utc_now, visible_to
 from app.files import write_atomically
 from app.meta import InnerLoop, Params
 from app.meta.stacked import Adaptation, adapt_many
 from app.serving.cache import SessionCache
-from app.serving.errors import NotFound
+from app.serving.errors import Conflict, NotFound
 from app.serving.examples import Label, support_tensors
 from app.serving.registry import LoadedModel, Registry
 
@@ -39,9 +41,12 @@ SESSIONS = "sessions"
 MAX_PAGE_SIZE = 1000
 QUERY_CHUNK = 500
 ORPHAN_MIN_AGE_SECONDS = 600.0
-"""A session's file is written just before its row: a younger file without a row may be one in the making."""
+"""A session's file is written just before its row: while another process serves the data directory, a
+younger file without a row may be one in the making."""
 TOUCH_AT_MOST = timedelta(seconds=1)
 """How stale a session's recorded last use may grow before a use is written."""
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -72,13 +77,14 @@ class SessionRecord:
 @dataclass(frozen=True)
 class SupportSet:
     """One adaptation asked for: a model, the support set as the request gave it, steps and rate (None:
-    the card's)."""
+    the card's), and the API key that will own the session (None: made with auth off)."""
 
     model: LoadedModel
     x: builtins.list[Any]
     y: builtins.list[Any]
     steps: int | None = None
     lr: float | None = None
+    owner: str | None = None
 
 
 @dataclass(frozen=True)
@@ -157,7 +163,10 @@ class SessionStore:
                     rows.append(
                         (
                             i,
-                            self._written(model, steps, lr, len(x), label_map, adaptation, seconds),
+                            {
+                                **self._written(model, steps, lr, len(x), label_map, adaptation, seconds),
+                                "owner": supports[i].owner,
+                            },
                             adaptation.changed,
                         )
                     )
@@ -218,28 +227,37 @@ class SessionStore:
             "path": path,
         }
 
-    def get(self, session_id: str) -> tuple[SessionRecord, Params]:
+    def get(self, session_id: str, scope: str | None = None) -> tuple[SessionRecord, Params]:
         """The session and its parameters (its tensors over the initialization's); see ``open_many``."""
-        opened = _one(self.open_many([session_id]))
+        opened = _one(self.open_many([session_id], [scope]))
         return opened.record, {**opened.model.params, **opened.changed}
 
-    def open_many(self, session_ids: Sequence[str]) -> builtins.list[Opened | Exception]:
-        """Each session with its model and adapted tensors, or ``NotFound``; read in one query. Each counts
-        as a use, which is written when the last one recorded is older than 1% of the TTL or
-        ``TOUCH_AT_MOST``, so that a busy session costs a read, not a write, per request."""
+    def open_many(
+        self, session_ids: Sequence[str], scopes: Sequence[str | None] | None = None
+    ) -> builtins.list[Opened | Exception]:
+        """Each session with its model and adapted tensors, or ``NotFound``, also for a session that its
+        scope (the owner asking for it; None: anyone) does not own; read in one query. Each counts as a use,
+        which is written when the last one recorded is older than 1% of the TTL or ``TOUCH_AT_MOST``, so
+        that a busy session costs a read, not a write, per request."""
         if not session_ids:
             return []
+        asked = builtins.list(zip(session_ids, scopes or [None] * len(session_ids), strict=True))
+        scopes_of: dict[str, set[str | None]] = {}
+        for session_id, scope in asked:
+            scopes_of.setdefault(session_id, set()).add(scope)
         now = utc_now()
         used = {"last_used": now, "expires": now + self._ttl}
         found: dict[str, tuple[SessionRecord, str]] = {}
+        owners: dict[str, str | None] = {}
         touched: builtins.list[str] = []
         # Core statements, not the ORM: this read serves every /predict, and ORM objects cost more than it.
         with self._db.begin() as db:
             rows = db.connection().execute(_OPEN.where(AdaptedSession.id.in_(set(session_ids)))).mappings()
             for mapping in rows:
                 row: Mapping[Any, Any] = mapping
-                if row["expires"] <= now:
+                if row["expires"] <= now or scopes_of[row["id"]].isdisjoint((None, row["owner"])):
                     continue
+                owners[row["id"]] = row["owner"]
                 if now - row["last_used"] >= self._touch:
                     touched.append(row["id"])
                     row = {**row, **used}
@@ -249,7 +267,8 @@ class SessionStore:
                 db.connection().execute(
                     update(AdaptedSession).where(AdaptedSession.id.in_(touched)).values(used)
                 )
-        return [self._opened(session_id, found.get(session_id)) for session_id in session_ids]
+        mine = [scope in (None, owners.get(session_id)) for session_id, scope in asked]
+        return [self._opened(i, found.get(i) if ok else None) for (i, _), ok in zip(asked, mine, strict=True)]
 
     def _opened(self, session_id: str, found: tuple[SessionRecord, str] | None) -> Opened | Exception:
         if found is None:
@@ -265,28 +284,40 @@ class SessionStore:
                 changed = load_file(self.settings.data_dir / path, device=str(model.device))
             except FileNotFoundError:
                 return NotFound(f"no session {session_id!r}: deleted while it was being read")
+            except (SafetensorError, OSError) as error:
+                # One damaged file (a disk fault, a hand edit) costs its session only, never the server.
+                logger.error("session %s: cannot read %s: %s", session_id, path, error)
+                return Conflict(
+                    f"session {session_id!r}: its adapted parameters are unreadable (corrupt or truncated "
+                    "file); delete it and adapt again"
+                )
             self.cache.put(session_id, changed)
         return Opened(record, model, changed)
 
-    def delete(self, session_id: str) -> None:
+    def delete(self, session_id: str, scope: str | None = None) -> None:
         """Delete the row, then the file: a crash in between leaves an orphan file, not a row without one.
-        One statement finds and deletes the row, so of two concurrent deletes one wins and one gets 404."""
-        gone = delete(AdaptedSession).where(AdaptedSession.id == session_id).returning(AdaptedSession.path)
+        One statement finds and deletes the row, so of two concurrent deletes one wins and one gets 404, as
+        does a ``scope`` (an owner; None: anyone) that does not own it."""
+        gone = (
+            delete(AdaptedSession)
+            .where(AdaptedSession.id == session_id, visible_to(AdaptedSession.owner, scope))
+            .returning(AdaptedSession.path)
+        )
         with self._db.begin() as db:
             path = db.execute(gone).scalar_one_or_none()
         if path is None:
             raise NotFound(f"no session {session_id!r}")
         self._forget(session_id, path)
 
-    def list(self, page: int = 1, size: int = 50) -> builtins.list[SessionRecord]:
-        """Live sessions, newest first, ``size`` per page from page 1."""
+    def list(self, page: int = 1, size: int = 50, scope: str | None = None) -> builtins.list[SessionRecord]:
+        """Live sessions of ``scope`` (an owner; None: all), newest first, ``size`` per page from page 1."""
         if page < 1:
             raise ValueError(f"page: must be >= 1; got {page}")
         if not 1 <= size <= MAX_PAGE_SIZE:
             raise ValueError(f"size: must be from 1 to {MAX_PAGE_SIZE}; got {size}")
         query = (
             _with_model()
-            .where(AdaptedSession.expires > utc_now())
+            .where(AdaptedSession.expires > utc_now(), visible_to(AdaptedSession.owner, scope))
             .order_by(AdaptedSession.created.desc(), AdaptedSession.id)
             .offset((page - 1) * size)
             .limit(size)

@@ -1,5 +1,5 @@
 -- wrk script for bench/load.py: with $BODIES set, POST each line of that file (one JSON body per line)
--- to the URL's path in turn; without it, GET the path. Prints a JSON summary when done: requests,
+-- to the URL's path in turn; without it, GET the path. $API_KEY, when set, goes in X-API-Key. Prints a JSON summary when done: requests,
 -- seconds, socket errors, non-2xx answers and latency percentiles in microseconds.
 local bodies = {}
 local file = os.getenv("BODIES")
@@ -7,6 +7,7 @@ if file then
   for line in io.lines(file) do bodies[#bodies + 1] = line end
 end
 local headers = { ["Content-Type"] = "application/json" }
+if os.getenv("API_KEY") then headers["X-API-Key"] = os.getenv("API_KEY") end
 local i = 0
 
 if #bodies > 0 then

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from app.api.deps import AdaptingDep, RegistryDep, caller_gone
-from app.api.errors import invalid_fields
+from app.api.deps import AdaptingDep, CallerDep, RegistryDep, caller_gone
+from app.api.errors import invalid_fields, problems
 from app.api.routes.sessions import session_view
 from app.api.schemas import AdaptRequest, Session
 from app.serving.sessions import SupportSet
@@ -15,13 +15,28 @@ __all__ = ["router"]
 router = APIRouter(tags=["sessions"])
 
 
-@router.post("/adapt")
+def _session_link(operation: str, **link: object) -> dict[str, object]:
+    """An OpenAPI link from the new session to ``operation`` on it (what the stateful fuzzer follows)."""
+    return {"operationRef": f"#/paths/{operation}", **link}
+
+
+SESSION_ID = "$response.body#/session_id"
+LINKS = {
+    "GetSession": _session_link("~1sessions~1{session_id}/get", parameters={"session_id": SESSION_ID}),
+    "Predict": _session_link("~1predict/post", requestBody={"session_id": SESSION_ID}),
+    "DeleteSession": _session_link("~1sessions~1{session_id}/delete", parameters={"session_id": SESSION_ID}),
+}
+"""What a client can do with the session an /adapt answers."""
+
+
+@router.post("/adapt", responses={200: {"links": LINKS}, **problems(400, 404, 413, 503)})
 async def adapt(
-    body: AdaptRequest, request: Request, registry: RegistryDep, adapting: AdaptingDep
+    body: AdaptRequest, request: Request, registry: RegistryDep, adapting: AdaptingDep, caller: CallerDep
 ) -> Session:
     """Adapt `model` (the default model when omitted) to the support set with `steps` inner steps of `lr`
     (the model card's when omitted); the session keeps the adapted parameters for POST /predict."""
-    support = SupportSet(registry.get(body.model), body.support.x, body.support.y, body.steps, body.lr)
+    model = registry.get(body.model)
+    support = SupportSet(model, body.support.x, body.support.y, body.steps, body.lr, caller.id)
     # Concurrent calls on one model adapt as one batch, in a thread: the event loop is never blocked.
     with invalid_fields("body", parents={"x": ("support",), "y": ("support",)}):
         record = await adapting.submit(support, caller_gone(request))

@@ -9,9 +9,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, HTTPException, UploadFile, status
 
-from app.api.deps import DatasetStoreDep
-from app.api.errors import invalid_fields
-from app.api.schemas import Dataset
+from app.api.deps import CallerDep, DatasetStoreDep
+from app.api.errors import invalid_fields, problems
+from app.api.schemas import Dataset, Problem
 from app.config import Settings
 from app.datasets import FORMATS, TooLarge
 from app.db import tables
@@ -21,7 +21,7 @@ __all__ = ["FORM_OVERHEAD", "body_limit", "router"]
 FORM_OVERHEAD = 2**16
 """Bytes of a multipart upload beside the file: the other fields, the part headers and boundaries."""
 
-router = APIRouter(prefix="/datasets", tags=["datasets"])
+router = APIRouter(prefix="/datasets", tags=["datasets"], responses=problems(503))
 
 
 def body_limit(settings: Settings) -> int:
@@ -38,10 +38,17 @@ def dataset_view(row: tables.Dataset) -> Dataset:
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
-    responses={status.HTTP_413_CONTENT_TOO_LARGE: {"description": "Over METASERVE_MAX_UPLOAD_BYTES."}},
+    responses={
+        **problems(400),
+        status.HTTP_413_CONTENT_TOO_LARGE: {
+            "model": Problem,
+            "description": "Over METASERVE_MAX_UPLOAD_BYTES.",
+        },
+    },
 )
 def upload_dataset(
     store: DatasetStoreDep,
+    caller: CallerDep,
     file: Annotated[UploadFile, File(description="The dataset file, streamed to disk as it arrives.")],
     name: Annotated[str, Form(description="Up to 64 letters, digits, '.', '_' or '-'.")],
     format: Annotated[
@@ -59,29 +66,36 @@ def upload_dataset(
     try:
         with invalid_fields("body"):
             row = store.create(
-                name, format, file.file, filename=file.filename, ways=ways, shots=shots, queries=queries
-            )
+                name, format, file.file, filename=file.filename, ways=ways, shots=shots, queries=queries,
+                owner=caller.id,
+            )  # fmt: skip
     except TooLarge as error:
         raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, str(error)) from None
     return dataset_view(row)
 
 
 @router.get("")
-def list_datasets(store: DatasetStoreDep) -> list[Dataset]:
-    """Every dataset, newest first."""
-    return [dataset_view(row) for row in store.list()]
+def list_datasets(store: DatasetStoreDep, caller: CallerDep) -> list[Dataset]:
+    """Your datasets (every key's for an admin key), newest first."""
+    return [dataset_view(row) for row in store.list(caller.scope)]
 
 
-@router.get("/{dataset_id}")
-def get_dataset(dataset_id: str, store: DatasetStoreDep) -> Dataset:
-    return dataset_view(store.get(dataset_id))
+@router.get("/{dataset_id}", responses=problems(404))
+def get_dataset(dataset_id: str, store: DatasetStoreDep, caller: CallerDep) -> Dataset:
+    return dataset_view(store.get(dataset_id, caller.scope))
 
 
 @router.delete(
     "/{dataset_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses={status.HTTP_409_CONFLICT: {"description": "A queued or running job reads the dataset."}},
+    responses={
+        **problems(404),
+        status.HTTP_409_CONFLICT: {
+            "model": Problem,
+            "description": "A queued or running job reads the dataset.",
+        },
+    },
 )
-def delete_dataset(dataset_id: str, store: DatasetStoreDep) -> None:
+def delete_dataset(dataset_id: str, store: DatasetStoreDep, caller: CallerDep) -> None:
     """Delete a dataset and its files; refused (409) while a queued or running job reads it."""
-    store.delete(dataset_id)
+    store.delete(dataset_id, caller.scope)

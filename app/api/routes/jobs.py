@@ -11,15 +11,15 @@ from anyio import to_thread
 from fastapi import APIRouter, Query, status
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from app.api.deps import JobStoreDep
-from app.api.errors import invalid_fields
-from app.api.schemas import Job, JobMetric, JobPage, JobSpec
+from app.api.deps import CallerDep, JobStoreDep
+from app.api.errors import invalid_fields, problems
+from app.api.schemas import MAX_PAGE, Job, JobMetric, JobPage, JobSpec
 from app.db import tables
 from app.jobs.store import FINISHED, MAX_PAGE_SIZE, JobStore
 
 __all__ = ["EVENT_POLL_SECONDS", "router"]
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(prefix="/jobs", tags=["jobs"], responses=problems(503))
 
 EVENT_POLL_SECONDS = 0.25
 """How often the event stream looks for news in the database (workers write there, in other processes)."""
@@ -37,50 +37,54 @@ def metric_view(point: tables.JobMetric) -> JobMetric:
     return JobMetric.model_validate(point, from_attributes=True)
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
-def submit_job(spec: JobSpec, jobs: JobStoreDep) -> Job:
+@router.post("", status_code=status.HTTP_201_CREATED, responses=problems(400, 413))
+def submit_job(spec: JobSpec, jobs: JobStoreDep, caller: CallerDep) -> Job:
     """Queue a meta-training job; it starts when a worker slot is free (see `METASERVE_MAX_JOBS`) and, when
     it succeeds, publishes `name@<next version>` (promote it to serve it by bare name)."""
     with invalid_fields("body"):
-        job = jobs.submit(spec)
+        job = jobs.submit(spec, caller.id, caller.scope)
     return job_view(job, None)
 
 
 @router.get("")
 def list_jobs(
     jobs: JobStoreDep,
-    page: Annotated[int, Query(ge=1)] = 1,
+    caller: CallerDep,
+    page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1,
     size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
 ) -> JobPage:
-    """Jobs, newest first, `size` per page from page 1."""
-    return JobPage(page=page, size=size, jobs=[job_view(*found) for found in jobs.list(page, size)])
+    """Your jobs (every key's for an admin key), newest first, `size` per page from page 1."""
+    found = jobs.list(page, size, caller.scope)
+    return JobPage(page=page, size=size, jobs=[job_view(*job) for job in found])
 
 
-@router.get("/{job_id}")
-def get_job(job_id: str, jobs: JobStoreDep) -> Job:
+@router.get("/{job_id}", responses=problems(404))
+def get_job(job_id: str, jobs: JobStoreDep, caller: CallerDep) -> Job:
     """A job: state, progress, error, and the model version it published."""
-    return job_view(*jobs.get(job_id))
+    return job_view(*jobs.get(job_id, caller.scope))
 
 
-@router.get("/{job_id}/metrics")
-def get_metrics(job_id: str, jobs: JobStoreDep, after: Annotated[int, Query(ge=0)] = 0) -> list[JobMetric]:
+@router.get("/{job_id}/metrics", responses=problems(404))
+def get_metrics(
+    job_id: str, jobs: JobStoreDep, caller: CallerDep, after: Annotated[int, Query(ge=0)] = 0
+) -> list[JobMetric]:
     """The job's validation curve, point by point (those with ids above `after`)."""
-    return [metric_view(point) for point in jobs.metrics(job_id, after)]
+    return [metric_view(point) for point in jobs.metrics(job_id, after, caller.scope)]
 
 
-@router.post("/{job_id}/cancel")
-def cancel_job(job_id: str, jobs: JobStoreDep) -> Job:
+@router.post("/{job_id}/cancel", responses=problems(404, 409))
+def cancel_job(job_id: str, jobs: JobStoreDep, caller: CallerDep) -> Job:
     """Cancel a queued or running job; a running one stops within seconds and keeps its last checkpoint.
     A finished job cannot be cancelled (409)."""
-    jobs.cancel(job_id)
-    return job_view(*jobs.get(job_id))
+    jobs.cancel(job_id, caller.scope)
+    return job_view(*jobs.get(job_id, caller.scope))
 
 
-@router.get("/{job_id}/events", response_class=EventSourceResponse)
-async def job_events(job_id: str, jobs: JobStoreDep) -> EventSourceResponse:
+@router.get("/{job_id}/events", response_class=EventSourceResponse, responses=problems(404))
+async def job_events(job_id: str, jobs: JobStoreDep, caller: CallerDep) -> EventSourceResponse:
     """Server-Sent Events as the job goes: `job` (state and progress, whenever they change), `metric` (each
     validation point) and a last `end` event with the final state, after which the stream closes."""
-    await to_thread.run_sync(jobs.get, job_id)  # a 404 before the stream starts
+    await to_thread.run_sync(jobs.get, job_id, caller.scope)  # a 404 before the stream starts
     return EventSourceResponse(_events(jobs, job_id))
 
 

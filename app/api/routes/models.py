@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, status
 
-from app.api.deps import RegistryDep
+from app.api.deps import AdminDep, RegistryDep
+from app.api.errors import problems
 from app.api.schemas import Inner, ModelDetail, ModelSummary, ModelVersion, Promote
 from app.serving import LoadedModel, Registry
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/models", tags=["models"])
+router = APIRouter(prefix="/models", tags=["models"], responses=problems(503))
 
 
 def _summary(model: LoadedModel, registry: Registry) -> ModelSummary:
@@ -35,7 +36,7 @@ async def list_models(registry: RegistryDep) -> list[ModelSummary]:
     return [_summary(model, registry) for model in registry.models]
 
 
-@router.get("/{name}")
+@router.get("/{name}", responses=problems(404))
 async def get_model(name: str, registry: RegistryDep) -> ModelDetail:
     """Every loaded version of `name`, with its model card and the metrics recorded in it."""
     versions = [
@@ -49,8 +50,9 @@ async def get_model(name: str, registry: RegistryDep) -> ModelDetail:
     return ModelDetail(name=name, versions=versions)
 
 
-@router.post("/{name}/promote")
-def promote_model(name: str, body: Promote, registry: RegistryDep) -> ModelSummary:
+@router.post("/{name}/promote", responses=problems(400, 403, 404, 413))
+def promote_model(name: str, body: Promote, registry: RegistryDep, _: AdminDep) -> ModelSummary:
     """Make `name@version` the version that requests naming bare `name` get, at once: requests in flight
-    finish on the version they resolved, sessions keep the version they were adapted from."""
+    finish on the version they resolved, sessions keep the version they were adapted from. Admin keys
+    only."""
     return _summary(registry.promote(name, body.version), registry)

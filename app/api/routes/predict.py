@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from app.api.deps import PredictingDep, caller_gone
-from app.api.errors import invalid_fields
+from app.api.deps import CallerDep, PredictingDep, caller_gone
+from app.api.errors import invalid_fields, problems
 from app.api.schemas import Classification, Prediction, PredictRequest
 from app.serving.predict import Query
 
@@ -14,13 +14,17 @@ __all__ = ["router"]
 router = APIRouter(tags=["sessions"])
 
 
-@router.post("/predict")
-async def predict_queries(body: PredictRequest, request: Request, predicting: PredictingDep) -> Prediction:
+@router.post("/predict", responses=problems(400, 404, 413, 503))
+async def predict_queries(
+    body: PredictRequest, request: Request, predicting: PredictingDep, caller: CallerDep
+) -> Prediction:
     """Predict `x` with the session `session_id`, or with the initialization `model` as it is: numbers for
     a regressor, the label and every label's probability for a classifier."""
     # Concurrent calls on one model run as one batched forward pass, in a thread, like /adapt.
     with invalid_fields("body"):
-        answer = await predicting.submit(Query(body.x, body.session_id, body.model), caller_gone(request))
+        answer = await predicting.submit(
+            Query(body.x, body.session_id, body.model, caller.scope), caller_gone(request)
+        )
     predictions = answer.predictions
     if answer.model.kind == "classification":
         predictions = [

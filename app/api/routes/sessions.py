@@ -7,14 +7,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, status
 
-from app.api.deps import StoreDep
-from app.api.schemas import Session, SessionPage
+from app.api.deps import CallerDep, StoreDep
+from app.api.errors import problems
+from app.api.schemas import MAX_PAGE, Session, SessionPage
 from app.serving import SessionRecord
 from app.serving.sessions import MAX_PAGE_SIZE
 
 __all__ = ["router", "session_view"]
 
-router = APIRouter(prefix="/sessions", tags=["sessions"])
+router = APIRouter(prefix="/sessions", tags=["sessions"], responses=problems(503))
 
 
 def session_view(record: SessionRecord) -> Session:
@@ -31,21 +32,23 @@ def session_view(record: SessionRecord) -> Session:
 @router.get("")
 def list_sessions(
     store: StoreDep,
-    page: Annotated[int, Query(ge=1)] = 1,
+    caller: CallerDep,
+    page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1,
     size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
 ) -> SessionPage:
-    """Live sessions, newest first, `size` per page from page 1."""
-    return SessionPage(page=page, size=size, sessions=[session_view(r) for r in store.list(page, size)])
+    """Your live sessions (every key's for an admin key), newest first, `size` per page from page 1."""
+    records = store.list(page, size, caller.scope)
+    return SessionPage(page=page, size=size, sessions=[session_view(r) for r in records])
 
 
-@router.get("/{session_id}")
-def get_session(session_id: str, store: StoreDep) -> Session:
+@router.get("/{session_id}", responses=problems(404))
+def get_session(session_id: str, store: StoreDep, caller: CallerDep) -> Session:
     """A session; reading it counts as a use, so its life starts over."""
-    record, _ = store.get(session_id)
+    record, _ = store.get(session_id, caller.scope)
     return session_view(record)
 
 
-@router.delete("/{session_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_session(session_id: str, store: StoreDep) -> None:
+@router.delete("/{session_id}", status_code=status.HTTP_204_NO_CONTENT, responses=problems(404))
+def delete_session(session_id: str, store: StoreDep, caller: CallerDep) -> None:
     """Delete a session and its adapted parameters."""
-    store.delete(session_id)
+    store.delete(session_id, caller.scope)
