@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from torch import Tensor
@@ -39,6 +39,7 @@ from app.serving import (
     query_tensor,
     support_tensors,
 )
+from app.serving.errors import Conflict
 from app.serving.sessions import TOUCH_AT_MOST
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
@@ -421,6 +422,18 @@ def test_a_use_is_written_once_the_recorded_one_is_a_second_old(
     touched = store.get(record.id)[0]
     assert touched.last_used > record.last_used and touched.expires == touched.last_used + timedelta(days=1)
     assert store.get(record.id)[0].last_used == touched.last_used
+
+
+def test_a_session_file_of_other_tensors_fails_its_session_only(
+    store: SessionStore, settings: Settings
+) -> None:
+    model = store.registry.get("sinusoid")
+    foreign, kept = store.create(model, *sinusoid(1)[:2]), store.create(model, *sinusoid(2)[:2])
+    session_file(settings, foreign).write_bytes(save({"head.weight": torch.zeros(3, 3)}))
+    store.cache.discard(foreign.id)
+    refused, served = store.open_many([foreign.id, kept.id])
+    assert isinstance(refused, Conflict) and foreign.id in str(refused)
+    assert not isinstance(served, Exception) and served.record.id == kept.id
 
 
 def test_session_files_without_a_row_are_swept_once_old_enough(

@@ -26,6 +26,8 @@ from app.config import Settings
 from app.db.tables import AdaptedSession, Initialization, utc_now, visible_to
 from app.files import write_atomically
 from app.meta import InnerLoop, Params
+from app.meta.functional import net_params
+from app.meta.nets import is_head
 from app.meta.stacked import Adaptation, adapt_many
 from app.serving.cache import SessionCache
 from app.serving.errors import Conflict, NotFound
@@ -282,14 +284,15 @@ class SessionStore:
         if changed is None:
             try:
                 changed = load_file(self.settings.data_dir / path, device=str(model.device))
+                _check_layout(model, changed)
             except FileNotFoundError:
                 return NotFound(f"no session {session_id!r}: deleted while it was being read")
-            except (SafetensorError, OSError) as error:
+            except (SafetensorError, OSError, ValueError) as error:
                 # One damaged file (a disk fault, a hand edit) costs its session only, never the server.
                 logger.error("session %s: cannot read %s: %s", session_id, path, error)
                 return Conflict(
-                    f"session {session_id!r}: its adapted parameters are unreadable (corrupt or truncated "
-                    "file); delete it and adapt again"
+                    f"session {session_id!r}: its adapted parameters are unreadable (a corrupt, truncated "
+                    "or foreign file); delete it and adapt again"
                 )
             self.cache.put(session_id, changed)
         return Opened(record, model, changed)
@@ -377,6 +380,16 @@ _OPEN = select(
     Initialization.name.label("model_name"),
     Initialization.version.label("model_version"),
 ).join(Initialization)
+
+
+def _check_layout(model: LoadedModel, changed: Params) -> None:
+    """Refuse a readable file whose tensors are not those that ``model``'s sessions change, which would
+    otherwise fail the whole batch it is predicted in."""
+    adapted = {k: v for k, v in net_params(model.params).items() if model.inner.adapts == "all" or is_head(k)}
+    if {k: v.shape for k, v in changed.items()} != {k: v.shape for k, v in adapted.items()} or any(
+        v.dtype != adapted[k].dtype for k, v in changed.items()
+    ):
+        raise ValueError(f"its tensors {sorted(changed)} are not the ones {model.ref} adapts")
 
 
 def _one(results: Sequence[Result | Exception]) -> Result:
