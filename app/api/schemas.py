@@ -6,8 +6,9 @@ The examples are runnable as they stand: pasted into /docs they adapt and query 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+from fastapi import Query
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.json_schema import JsonDict
 
@@ -28,6 +29,7 @@ __all__ = [
     "ModelDetail",
     "ModelSummary",
     "ModelVersion",
+    "PageNumber",
     "PredictRequest",
     "Prediction",
     "Problem",
@@ -42,6 +44,8 @@ Label = str | int
 
 MAX_PAGE = 1_000_000
 """Highest page number of a list: far past any real listing, and its offset fits the database's integers."""
+PageNumber = Annotated[int, Query(ge=1, le=MAX_PAGE)]
+"""The ``page`` query parameter of every list route."""
 
 EXAMPLES_DOC = (
     "Numbers (or nested lists of numbers) in the model's input shape; a model that takes one-channel square "

@@ -13,7 +13,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app.api.deps import CallerDep, JobStoreDep
 from app.api.errors import invalid_fields, problems
-from app.api.schemas import MAX_PAGE, Job, JobMetric, JobPage, JobSpec
+from app.api.schemas import Job, JobMetric, JobPage, JobSpec, PageNumber
 from app.db import tables
 from app.jobs.store import FINISHED, MAX_PAGE_SIZE, JobStore
 
@@ -50,7 +50,7 @@ def submit_job(spec: JobSpec, jobs: JobStoreDep, caller: CallerDep) -> Job:
 def list_jobs(
     jobs: JobStoreDep,
     caller: CallerDep,
-    page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1,
+    page: PageNumber = 1,
     size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
 ) -> JobPage:
     """Your jobs (every key's for an admin key), newest first, `size` per page from page 1."""

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, status
 
 from app.api.deps import CallerDep, StoreDep
 from app.api.errors import problems
-from app.api.schemas import MAX_PAGE, Session, SessionPage
+from app.api.schemas import PageNumber, Session, SessionPage
 from app.serving import SessionRecord
 from app.serving.sessions import MAX_PAGE_SIZE
 
@@ -33,7 +33,7 @@ def session_view(record: SessionRecord) -> Session:
 def list_sessions(
     store: StoreDep,
     caller: CallerDep,
-    page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1,
+    page: PageNumber = 1,
     size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
 ) -> SessionPage:
     """Your live sessions (every key's for an admin key), newest first, `size` per page from page 1."""
