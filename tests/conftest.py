@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -96,6 +97,25 @@ def fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(os, "fsync", counted)
     return synced
+
+
+MODELS = Path(__file__).resolve().parents[1] / "models"
+
+
+def sinusoid_only(root: Path) -> Path:
+    """A models folder under ``root`` holding a copy of the shipped sinusoid alone: a service on it starts
+    in seconds, and nothing it does reaches the shipped files."""
+    target = root / "models" / "sinusoid"
+    target.mkdir(parents=True)
+    for name in ("card.json", "weights.safetensors"):
+        shutil.copy(MODELS / "sinusoid" / name, target)
+    return root / "models"
+
+
+@pytest.fixture
+def models_dir(tmp_path: Path) -> Path:
+    """The shipped sinusoid alone (modules that need more models override this)."""
+    return sinusoid_only(tmp_path)
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from app.config import Settings, get_settings
 from app.db.engine import make_engine, make_session_factory
 from app.keys import ADMIN_KEY_FILE, create_key
 from app.main import create_app
-from tests.conftest import http_to
+from tests.conftest import http_to, sinusoid_only
 from tests.test_datasets import labelled, npz
 from tests.test_serving import sinusoid
 
@@ -32,9 +32,7 @@ pytestmark = pytest.mark.anyio
 async def service(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[FastAPI]:
     """One started service for the module, serving the sinusoid only; revocation is seen at once."""
     root = tmp_path_factory.mktemp("auth")
-    (root / "models").mkdir()
-    (root / "models" / "sinusoid").symlink_to(MODELS / "sinusoid")
-    app = create_app(Settings(data_dir=root / "data", models_dir=root / "models", key_cache_seconds=0))
+    app = create_app(Settings(data_dir=root / "data", models_dir=sinusoid_only(root), key_cache_seconds=0))
     async with app.router.lifespan_context(app):
         yield app
 

@@ -26,8 +26,7 @@ from app.db.engine import make_engine, make_session_factory
 from app.db.tables import Job
 from app.families.registry import build_family
 from app.main import create_app
-from tests.conftest import write_dataset
-from tests.test_api import MODELS
+from tests.conftest import sinusoid_only, write_dataset
 from tests.test_arrays_family import class_npz, write_csv
 from tests.test_folder_family import alphabet_classes
 
@@ -40,10 +39,8 @@ pytestmark = pytest.mark.anyio
 async def service(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[FastAPI]:
     """One started service for the module, serving the sinusoid only, with small upload limits."""
     root = tmp_path_factory.mktemp("datasets")
-    (root / "models").mkdir()
-    (root / "models" / "sinusoid").symlink_to(MODELS / "sinusoid")
     limits = {"max_upload_bytes": UPLOAD_LIMIT, "max_unpacked_bytes": UNPACKED_LIMIT}
-    app = create_app(Settings(data_dir=root / "data", models_dir=root / "models", **limits))
+    app = create_app(Settings(data_dir=root / "data", models_dir=sinusoid_only(root), **limits))
     async with app.router.lifespan_context(app):
         yield app
 

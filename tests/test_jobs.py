@@ -28,18 +28,11 @@ from app.jobs.store import JobStore
 from app.meta import ALGORITHMS
 from app.serving import Conflict
 from tests.test_serve_e2e import free_port, server_process, serving
-from tests.test_serving import copy_model, sinusoid
+from tests.test_serving import sinusoid
 
 WAIT_SECONDS = 120
 SHORT = {"family": "sinusoid", "meta_batch": 4, "val_tasks": 20, "val_every": 20, "checkpoint_every": 20}
 QUICK = {"METASERVE_JOB_STALE_SECONDS": "2"}
-
-
-@pytest.fixture
-def models_dir(tmp_path: Path) -> Path:
-    """The shipped sinusoid alone: the service starts in seconds."""
-    copy_model("sinusoid", tmp_path / "models" / "sinusoid")
-    return tmp_path / "models"
 
 
 @pytest.fixture

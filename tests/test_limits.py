@@ -15,18 +15,10 @@ from app.config import Settings
 from app.db.engine import make_engine, make_session_factory
 from app.keys import create_key
 from app.main import create_app
-from tests.conftest import admin_key, http_to
+from tests.conftest import admin_key, http_to, sinusoid_only
 from tests.test_serve_e2e import free_port, server_process
 
-MODELS = Path(__file__).resolve().parents[1] / "models"
 BODY_LIMIT = 64 * 1024
-
-
-def sinusoid_only(root: Path) -> Path:
-    """A models folder that holds the shipped sinusoid only, for a quick start."""
-    (root / "models").mkdir()
-    (root / "models" / "sinusoid").symlink_to(MODELS / "sinusoid")
-    return root / "models"
 
 
 def test_a_bucket_lets_a_burst_through_then_refills_at_the_rate() -> None:

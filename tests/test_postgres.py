@@ -32,16 +32,9 @@ from tests.test_database import TABLES, current_revision, initialization
 from tests.test_datasets import labelled, npz
 from tests.test_jobs import SHORT, only, until
 from tests.test_serve_e2e import free_port, serving
-from tests.test_serving import copy_model, sinusoid
+from tests.test_serving import sinusoid
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture
-def models_dir(tmp_path: Path) -> Path:
-    """The shipped sinusoid alone: the service starts in seconds."""
-    copy_model("sinusoid", tmp_path / "models" / "sinusoid")
-    return tmp_path / "models"
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from tests.conftest import admin_key
 from tests.test_database import current_revision
 from tests.test_jobs import SHORT, only, until
 from tests.test_serve_e2e import free_port, server_process
-from tests.test_serving import copy_model, sinusoid
+from tests.test_serving import sinusoid
 
 WORKERS = 2
 ROUNDS = 30
@@ -36,13 +36,6 @@ ROUNDS = 30
 LINE = re.compile(r"^INFO: +\[(?P<pid>\d+)\] (?P<message>.*)$", re.MULTILINE)
 CALL = re.compile(r'"POST /(adapt|predict) HTTP')
 STARTED, LEADS = "Application startup complete.", "runs the jobs of"
-
-
-@pytest.fixture
-def models_dir(tmp_path: Path) -> Path:
-    """The shipped sinusoid alone: the workers start in seconds."""
-    copy_model("sinusoid", tmp_path / "models" / "sinusoid")
-    return tmp_path / "models"
 
 
 def logged(log: Path, fragment: str) -> list[int]:
