@@ -88,6 +88,13 @@ class Settings(BaseSettings):
         description="Run /adapt's inner steps and /predict's forward passes through torch.compile: less "
         "Python overhead per batch on a GPU, a compile of some seconds per new shape; no help on a CPU.",
     )
+    drain_seconds: float = Field(
+        default=3.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="After SIGTERM, how long the service answers new calls and /health/ready with 503 while "
+        "the calls in flight finish, before it stops listening; a second SIGTERM or Ctrl-C stops at once.",
+    )
     max_support: int = Field(default=1000, gt=0, description="Most support examples in one adaptation.")
     max_query: int = Field(default=10000, gt=0, description="Most query points in one prediction.")
     max_steps: int = Field(default=100, gt=0, description="Most inner steps one adaptation may ask for.")
@@ -130,14 +137,14 @@ class Settings(BaseSettings):
         "in seconds: a revoked key stops working within this time.",
     )
     rate_limit_per_second: float = Field(
-        default=0.0,
+        default=1000.0,
         ge=0,
         allow_inf_nan=False,
         description="Requests a second each API key may make to each service process, refused beyond with "
         "429 and Retry-After; 0 means no limit.",
     )
     rate_limit_burst: int = Field(
-        default=100, ge=1, description="Requests a key may make at once before its rate limit applies."
+        default=2000, ge=1, description="Requests a key may make at once before its rate limit applies."
     )
 
     @property

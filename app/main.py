@@ -23,6 +23,7 @@ from app.config import Settings, get_settings
 from app.datasets import DatasetStore
 from app.db.engine import make_engine, make_session_factory
 from app.db.migrate import migrate
+from app.draining import drain_on_sigterm
 from app.jobs.runner import POLL_SECONDS, JobRunner
 from app.jobs.store import JobStore
 from app.locks import FileLock
@@ -95,9 +96,11 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             asyncio.create_task(_repeat(POLL_SECONDS, runner.tick, "running jobs")),
         ]
         app.state.ready = True
+        undrain = drain_on_sigterm(app.state, settings.drain_seconds)
         try:
             yield
         finally:
+            undrain()
             app.state.ready = False
             for loop in loops:
                 loop.cancel()

@@ -30,7 +30,7 @@ from app.meta.nets import MetaNet
 from app.meta.tasks.family import Family, held_out_batches
 from app.meta.train import Progress, meta_train
 
-__all__ = ["Stopped", "TrainSpec", "Validation", "build_learner", "resolve_device", "train"]
+__all__ = ["TrainSpec", "Validation", "build_learner", "resolve_device", "train"]
 
 
 @dataclass(frozen=True)
@@ -83,14 +83,6 @@ class Validation:
     iteration: int
     loss: float
     accuracy: float | None
-
-
-class Stopped(Exception):  # noqa: N818 (a request honoured, not a failure)
-    """Training stopped as asked, right after checkpointing ``iteration``; resuming continues from it."""
-
-    def __init__(self, iteration: int) -> None:
-        super().__init__(f"stopped at iteration {iteration}, checkpointed")
-        self.iteration = iteration
 
 
 def resolve_device(device: str) -> torch.device:
@@ -150,7 +142,8 @@ def train(
     stop: threading.Event | None = None,
 ) -> dict[str, Any]:
     """Train per ``spec`` into ``out`` (weights, card, training state); returns the final card. Once
-    ``stop`` is set, the leader checkpoints after the iteration it is in and raises ``Stopped``.
+    ``stop`` is set (on any rank), the leader checkpoints after the iteration it is in and every rank raises
+    ``Stopped``.
 
     With ``resume`` the run continues from the training state in ``out`` (same spec, or more iterations)
     and ends exactly where the uninterrupted run would. Under torchrun every rank calls it with the same
@@ -237,15 +230,12 @@ def train(
     def on_iteration(progress: Progress) -> None:
         validation = None
         last = progress.iteration == spec.iterations
-        stopping = stop is not None and stop.is_set() and not last
         if progress.iteration % spec.val_every == 0 or last:
             validation = validate(progress.iteration, progress.params, progress.loss)
-        if progress.iteration % spec.checkpoint_every == 0 or last or stopping:
+        if progress.iteration % spec.checkpoint_every == 0 or last or progress.stopping:
             checkpoint(progress)
         if on_progress is not None:
             on_progress(progress, validation)
-        if stopping:
-            raise Stopped(progress.iteration)
 
     if not resume and leader:
         validate(0, params, None)  # where the curve starts: the untrained initialization
@@ -259,6 +249,7 @@ def train(
         spec.seed,
         on_iteration if leader else None,
         restore,
+        None if stop is None else stop.is_set,
     )
     barrier()  # the other ranks read the card only once rank 0 has written it
     return load_card(out)

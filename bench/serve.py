@@ -118,6 +118,8 @@ def served(data_dir: Path | None = None, **settings: str) -> Iterator[Server]:
             data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="metaserve-bench-")))
         log = data_dir / "server.log"
         env = {**os.environ, "METASERVE_DATA_DIR": str(data_dir), "METASERVE_DEVICE": "cpu"}
+        # One key drives all the load, and a stop should not wait: no rate limit, no drain.
+        env |= {"METASERVE_RATE_LIMIT_PER_SECOND": "0", "METASERVE_DRAIN_SECONDS": "0"}
         env |= {f"METASERVE_{name.upper()}": value for name, value in settings.items()}
         command = [str(Path(sys.executable).with_name("metaserve")), "serve", "--port", str(port)]
         with log.open("wb") as sink:

@@ -72,6 +72,15 @@ def observe(url: str, acknowledged: dict[str, list[Any] | None], failures: list[
             time.sleep(0.01)
 
 
+def _refused(client: httpx.Client) -> bool:
+    """Whether the server no longer takes connections."""
+    try:
+        client.get("/health/live")
+    except httpx.TransportError:
+        return True
+    return False
+
+
 def rows(data: Path) -> set[str]:
     """The files that the database's session rows name, relative to the data directory."""
     with sqlite3.connect(data / "metaserve.db") as db:
@@ -150,12 +159,13 @@ def test_beside_another_live_server_only_orphans_too_old_to_be_in_the_making_are
     assert young.exists() and not old.exists()
 
 
-def test_sigterm_finishes_the_request_in_flight_refuses_new_ones_and_checkpoints_the_job(
-    tmp_path: Path, environment: dict[str, str]
+@pytest.mark.parametrize("world_size", [1, 2], ids=["one-process-job", "torchrun-job"])
+def test_sigterm_drains_with_503s_while_the_request_in_flight_finishes_and_checkpoints_the_job(
+    tmp_path: Path, environment: dict[str, str], world_size: int
 ) -> None:
     data, log, port = tmp_path / "data", tmp_path / "serve.log", free_port()
-    environment = {**environment, "METASERVE_MAX_SUPPORT": str(SLOW_SUPPORT)}
-    spec = {**SHORT, "iterations": 1_000_000, "checkpoint_every": 1_000_000}
+    environment = {**environment, "METASERVE_MAX_SUPPORT": str(SLOW_SUPPORT), "METASERVE_DRAIN_SECONDS": "3"}
+    spec = {**SHORT, "iterations": 1_000_000, "checkpoint_every": 1_000_000, "world_size": world_size}
     x = [(i / SLOW_SUPPORT - 0.5) * 10 for i in range(SLOW_SUPPORT)]
     slow: dict[str, Any] = {}
 
@@ -174,9 +184,14 @@ def test_sigterm_finishes_the_request_in_flight_refuses_new_ones_and_checkpoints
         time.sleep(1.0)  # the adaptation is under way
         server.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
-        time.sleep(0.2)
-        with pytest.raises(httpx.TransportError), Client(f"http://127.0.0.1:{port}") as late:
-            late.ready()
+        time.sleep(0.5)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as late:
+            assert late.get("/health/live").status_code == 200
+            assert late.get("/health/ready").status_code == 503
+            refused = late.post("/predict", json={"x": QUERIES})
+            assert refused.status_code == 503 and refused.headers["Retry-After"], refused.text
+            until(lambda: _refused(late), "the port to close after the drain")
+        assert time.monotonic() - signalled >= 2.5, "the port closed before the drain's end"
         thread.join()
         assert server.wait(timeout=60) in (0, -signal.SIGTERM), log.read_text()
     assert "session" in slow, slow.get("error")
@@ -187,7 +202,9 @@ def test_sigterm_finishes_the_request_in_flight_refuses_new_ones_and_checkpoints
     stopped = json.loads((checkpoint / "card.json").read_text())["training"]["iteration"]
     assert stopped >= 30 and (checkpoint / "training-state.safetensors").is_file()
     worker_log = data / "jobs" / job.job_id / "worker.log"
-    assert f"stopped by SIGTERM, checkpointed at iteration {stopped}" in worker_log.read_text()
+    # Every rank stops at the iteration the leader checkpointed.
+    stops = worker_log.read_text().count(f"stopped by SIGTERM, checkpointed at iteration {stopped}")
+    assert stops == world_size, worker_log.read_text()
 
     with server_process(data, port, log, environment) as (_, client):
         session = slow["session"]

@@ -50,6 +50,7 @@ def server_process(
         "OMP_NUM_THREADS": "1",
         "METASERVE_DATA_DIR": str(data_dir),
         "METASERVE_MODELS_DIR": str(MODELS),
+        "METASERVE_DRAIN_SECONDS": "0",  # stopping at once; tests/test_crash.py tests the drain
         **(environment or {}),
     }
     with log.open("ab") as output:
@@ -81,7 +82,14 @@ def serving(
     """``server_process``, stopped with SIGTERM on leaving, which must end it cleanly (uvicorn shuts down,
     then dies of the signal it caught, as the signal's sender expects)."""
     with server_process(data_dir, port, log, environment) as (process, client):
-        yield client
+        try:
+            yield client
+        except BaseException:
+            # Still SIGTERM, so that the job workers stop too (a SIGKILL of the server leaves them running).
+            process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=30)
+            raise
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) in (0, -signal.SIGTERM), log.read_text()
         assert (

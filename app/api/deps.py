@@ -35,8 +35,16 @@ __all__ = [
     "StoreDep",
     "caller",
     "caller_gone",
+    "not_ready",
     "ready",
 ]
+
+
+def not_ready() -> HTTPException:
+    """The answer of every route but /health/live before the service is ready and once it drains."""
+    return HTTPException(
+        status.HTTP_503_SERVICE_UNAVAILABLE, "metaserve is starting or stopping", {"Retry-After": "1"}
+    )
 
 
 def ready(request: Request) -> bool:
@@ -52,7 +60,7 @@ async def _settings(request: Request) -> Settings:
 
 def _serving(request: Request) -> State:
     if not ready(request):
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "metaserve is starting or stopping")
+        raise not_ready()
     return request.app.state
 
 

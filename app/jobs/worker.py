@@ -3,9 +3,9 @@
 It trains with the same ``train`` as ``metaserve train`` into ``<data_dir>/jobs/<id>/checkpoint``,
 resuming from the checkpoint there when an earlier worker was stopped, reports progress, a heartbeat and
 validation points to the job's row, stops at its next report once the job is cancelled, and publishes
-the result. On SIGTERM a one-process worker checkpoints after its current iteration and exits, so that
-the job resumes from there (under torchrun the ranks die with the signal and resume from the last
-periodic checkpoint). Settings come from the same METASERVE_* environment as the service's.
+the result. On SIGTERM the worker (every rank of it under torchrun, at the same iteration) checkpoints
+after its current iteration and exits, so that the job resumes from there. Settings come from the same
+METASERVE_* environment as the service's.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from app.jobs.publish import publish
 from app.jobs.spec import JobSpec
 from app.jobs.store import JobStore
 from app.meta.distributed import init_from_env
-from app.meta.train import Progress
-from app.training import Stopped, TrainSpec, Validation, train
+from app.meta.train import Progress, Stopped
+from app.training import TrainSpec, Validation, train
 
 __all__ = ["BEAT_SECONDS", "JOBS", "CancelledError", "checkpoint_dir", "main", "run"]
 
@@ -54,7 +54,7 @@ def run(settings: Settings, job_id: str) -> int:
     """Train, then publish, the running job ``job_id``; returns the exit status (0 also when cancelled)."""
     ranks = init_from_env()
     leader = ranks.rank == 0
-    stop = _stop_on_sigterm() if ranks.world_size == 1 else None
+    stop = _stop_on_sigterm()
     engine = make_engine(settings.database_url_resolved, settings.durable_writes)
     factory = make_session_factory(engine)
     store = JobStore(factory)

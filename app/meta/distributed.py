@@ -16,6 +16,7 @@ from app.meta.functional import Params
 __all__ = [
     "Ranks",
     "all_reduce_mean",
+    "any_rank",
     "barrier",
     "broadcast_from_leader",
     "current_ranks",
@@ -106,6 +107,15 @@ def all_reduce_mean(grads: Params, loss: Tensor, weight: float) -> tuple[Params,
     *values, mean_loss = buffer.split([*(g.numel() for g in grads.values()), 1])
     reduced = {k: v.view_as(g) for (k, g), v in zip(grads.items(), values, strict=True)}
     return reduced, mean_loss.reshape(())
+
+
+def any_rank(flag: bool) -> bool:
+    """Whether ``flag`` is true on any rank, so that all ranks take the same branch (e.g. stop together)."""
+    if current_ranks().world_size == 1:
+        return flag
+    found = torch.tensor([int(flag)])
+    dist.all_reduce(found, op=dist.ReduceOp.MAX)
+    return bool(found.item())
 
 
 def barrier() -> None:

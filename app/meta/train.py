@@ -15,21 +15,31 @@ import torch
 
 from app.meta.algorithms import Algorithm, Reptile
 from app.meta.batch import TaskBatch
-from app.meta.distributed import all_reduce_mean, broadcast_from_leader, current_ranks, share
+from app.meta.distributed import all_reduce_mean, any_rank, broadcast_from_leader, current_ranks, share
 from app.meta.functional import Learner, Params
 
-__all__ = ["Progress", "meta_train"]
+__all__ = ["Progress", "Stopped", "meta_train"]
 
 
 @dataclass(frozen=True)
 class Progress:
-    """The run after ``iteration`` updates: what progress reports, validation and checkpoints need."""
+    """The run after ``iteration`` updates: what progress reports, validation and checkpoints need;
+    ``stopping`` when the run ends here early, as asked, so this is the iteration to checkpoint."""
 
     iteration: int
     loss: float
     params: Params
     optimizer: torch.optim.Optimizer
     generator: torch.Generator
+    stopping: bool = False
+
+
+class Stopped(Exception):  # noqa: N818 (a request honoured, not a failure)
+    """Training stopped as asked after ``iteration``, which ``on_iteration`` saw as ``stopping``."""
+
+    def __init__(self, iteration: int) -> None:
+        super().__init__(f"stopped at iteration {iteration}, checkpointed")
+        self.iteration = iteration
 
 
 def meta_train(
@@ -42,6 +52,7 @@ def meta_train(
     seed: int = 0,
     on_iteration: Callable[[Progress], None] | None = None,
     resume: Callable[[torch.optim.Optimizer, torch.Generator], int] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> Params:
     """Meta-train ``params`` (meta-parameters, see ``Algorithm.init``) up to ``iterations`` task batches.
 
@@ -50,6 +61,8 @@ def meta_train(
     saved at (``params`` must then be the meta-parameters saved with it); training continues from there.
     In a process group every rank draws the same batch, computes its share, and all ranks step on the
     whole batch's mean: the run equals the one-process run and leaves every rank with the same parameters.
+    Once ``stop()`` is true on any rank, every rank ends after the same iteration: ``on_iteration`` sees it
+    as ``stopping``, then ``Stopped`` is raised.
     """
     if iterations < 0:
         raise ValueError(f"iterations must be >= 0; got {iterations}")
@@ -79,6 +92,9 @@ def meta_train(
         for name, tensor in meta.items():
             tensor.grad = grads[name]
         optimizer.step()
+        stopping = stop is not None and iteration < iterations and any_rank(stop())
         if on_iteration is not None:
-            on_iteration(Progress(iteration, value, meta, optimizer, generator))
+            on_iteration(Progress(iteration, value, meta, optimizer, generator, stopping))
+        if stopping:
+            raise Stopped(iteration)
     return {k: v.detach() for k, v in meta.items()}

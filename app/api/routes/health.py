@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Request, status
+from fastapi import APIRouter, Request, status
 
-from app.api.deps import ready
+from app.api.deps import not_ready, ready
 from app.api.schemas import Health
 
 __all__ = ["router"]
@@ -23,5 +23,5 @@ async def ready_for_requests(request: Request) -> Health:
     """200 once the database is migrated and every model is loaded and warmed up; 503 before and while
     stopping."""
     if not ready(request):
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "metaserve is starting or stopping")
+        raise not_ready()
     return Health(status="ready")
