@@ -198,13 +198,17 @@ def test_a_promotion_reaches_every_registry_and_a_version_that_fails_to_verify_i
     corrupt = copy_model("sinusoid", tmp_path / "corrupt", version=3)
     (corrupt / "weights.safetensors").write_bytes(b"not the weights")
     model = first.get("sinusoid")
-    with db.begin() as session:
-        for directory, version in ((published, 2), (corrupt, 3)):
-            card = json.loads((directory / "card.json").read_text())
-            fields = {"algorithm": "maml", "family": "sinusoid", "net": card["net"], "sha256": card["sha256"]}
+
+    def publish(directory: Path, version: int) -> None:
+        card = json.loads((directory / "card.json").read_text())
+        fields = {"algorithm": "maml", "family": "sinusoid", "net": card["net"], "sha256": card["sha256"]}
+        with db.begin() as session:
             session.add(
                 Initialization(name="sinusoid", version=version, card=card, path=str(directory), **fields)
             )
+
+    publish(published, 2)
+    publish(corrupt, 3)
     with caplog.at_level(logging.WARNING, logger="app.serving.registry"):
         assert [m.ref for m in first.sync()] == ["sinusoid@2"]
         assert first.sync() == [], "a version that failed is not tried again"
@@ -219,6 +223,8 @@ def test_a_promotion_reaches_every_registry_and_a_version_that_fails_to_verify_i
     second.sync()
     assert second.get("sinusoid").ref == "sinusoid@2", "another process takes up the promotion"
     assert rows(db) >= {("sinusoid", 1, False), ("sinusoid", 2, True), ("sinusoid", 3, False)}
+    publish(copy_model("sinusoid", tmp_path / "just-published", version=4), 4)
+    assert second.promote("sinusoid", 4).ref == "sinusoid@4", "a version published since the last sync"
 
 
 @pytest.mark.parametrize("ref", ["sine", "sinusoid@2", "sinusoid@latest", "glyphs@", "@1"])

@@ -149,8 +149,13 @@ class Registry:
         return self._models[key]
 
     def promote(self, name: str, version: int) -> LoadedModel:
-        """Make the loaded ``name@version`` the default of ``name``, in the database and then here."""
-        model = self.get(f"{name}@{version}")
+        """Make ``name@version`` the default of ``name``, in the database and then here; a version published
+        since the last ``sync`` (a job that just finished, perhaps in another process) is loaded first."""
+        try:
+            model = self.get(f"{name}@{version}")
+        except NotFound:
+            self.sync()
+            model = self.get(f"{name}@{version}")
         with self._db.begin() as db:
             _mark_defaults(db, {name: version})
         self._defaults = {**self._defaults, name: version}
