@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
-from sqlalchemy import Select, delete, insert, select, update
+from sqlalchemy import BindParameter, Select, bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 from torch import Tensor
 
@@ -252,9 +252,10 @@ class SessionStore:
         found: dict[str, tuple[SessionRecord, str]] = {}
         owners: dict[str, str | None] = {}
         touched: builtins.list[str] = []
-        # Core statements, not the ORM: this read serves every /predict, and ORM objects cost more than it.
+        # Core statements built once, not the ORM: this read serves every /predict batch, and building,
+        # compiling and mapping a statement per call cost more than running it.
         with self._db.begin() as db:
-            rows = db.connection().execute(_OPEN.where(AdaptedSession.id.in_(set(session_ids)))).mappings()
+            rows = db.connection().execute(_OPEN_MANY, {"ids": builtins.list(scopes_of)}).mappings()
             for mapping in rows:
                 row: Mapping[Any, Any] = mapping
                 if row["expires"] <= now or scopes_of[row["id"]].isdisjoint((None, row["owner"])):
@@ -266,9 +267,7 @@ class SessionStore:
                 model = f"{row['model_name']}@{row['model_version']}"
                 found[row["id"]] = SessionRecord.of(row, model), row["path"]
             if touched:
-                db.connection().execute(
-                    update(AdaptedSession).where(AdaptedSession.id.in_(touched)).values(used)
-                )
+                db.connection().execute(_TOUCH_MANY, {"ids": touched, **used})
         mine = [scope in (None, owners.get(session_id)) for session_id, scope in asked]
         return [self._opened(i, found.get(i) if ok else None) for (i, _), ok in zip(asked, mine, strict=True)]
 
@@ -375,11 +374,21 @@ class SessionStore:
 
 
 _INSERT = insert(AdaptedSession)
-_OPEN = select(
-    *AdaptedSession.__table__.columns,
-    Initialization.name.label("model_name"),
-    Initialization.version.label("model_version"),
-).join(Initialization)
+_IDS: BindParameter[list[str]] = bindparam("ids", expanding=True)
+_OPEN_MANY = (
+    select(
+        *AdaptedSession.__table__.columns,
+        Initialization.name.label("model_name"),
+        Initialization.version.label("model_version"),
+    )
+    .join(Initialization)
+    .where(AdaptedSession.id.in_(_IDS))
+)
+_TOUCH_MANY = (
+    update(AdaptedSession)
+    .where(AdaptedSession.id.in_(_IDS))
+    .values(last_used=bindparam("last_used"), expires=bindparam("expires"))
+)
 
 
 def _check_layout(model: LoadedModel, changed: Params) -> None:
