@@ -3,7 +3,7 @@ its API ``keys``."""
 
 from __future__ import annotations
 
-import copy
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -12,7 +12,6 @@ import typer
 import uvicorn
 from sqlalchemy.orm import Session, sessionmaker
 from tqdm import tqdm
-from uvicorn.config import LOGGING_CONFIG
 
 from app.checkpoint import load_card, save_card
 from app.config import get_settings
@@ -20,6 +19,7 @@ from app.db.engine import make_engine, make_session_factory
 from app.db.migrate import migrate
 from app.evaluation import card_protocol, evaluate_model, record
 from app.keys import create_key, list_keys, revoke_key
+from app.logs import logging_config
 from app.meta import Estimate
 from app.meta.distributed import init_from_env
 from app.meta.train import Progress
@@ -50,30 +50,29 @@ def serve(
     ] = 1,
 ) -> None:
     """Serve the HTTP API: load the models, then answer until stopped (Ctrl-C or SIGTERM)."""
+    # The address given here becomes the settings' (METASERVE_HOST, METASERVE_PORT), so that every process
+    # knows where it listens (the dashboard link logged with the first admin key names it).
+    os.environ.update(
+        {f"METASERVE_{k}": str(v) for k, v in (("HOST", host), ("PORT", port)) if v is not None}
+    )
+    get_settings.cache_clear()
     settings = _checked(get_settings)
     # An import string, so that each worker process builds the app itself from the same METASERVE_* env.
     uvicorn.run(
         "app.main:create_app",
         factory=True,
         workers=workers,
-        host=settings.host if host is None else host,
-        port=settings.port if port is None else port,
+        host=settings.host,
+        port=settings.port,
         log_config=_log_config(workers),
     )
 
 
 def _log_config(workers: int) -> dict[str, Any]:
-    """uvicorn's logging, with the service's own messages (models loaded, sessions swept, jobs) beside
-    uvicorn's in every process; with several workers each line names its process."""
-    config = copy.deepcopy(LOGGING_CONFIG)
-    formatters = config["formatters"]
-    formatters["service"] = {**formatters["default"], "fmt": "%(levelprefix)s %(name)s: %(message)s"}
-    if workers > 1:
-        for formatter in formatters.values():
-            formatter["fmt"] = formatter["fmt"].replace("%(levelprefix)s", "%(levelprefix)s [%(process)d]", 1)
-    config["handlers"]["service"] = {**config["handlers"]["default"], "formatter": "service"}
-    config["root"] = {"handlers": ["service"], "level": "INFO"}
-    return config
+    """Logging of every server process, uvicorn's included, in ``METASERVE_LOG_FORMAT``: the service's
+    messages, one line per request (uvicorn's access log is replaced) and the job events; with several
+    workers each text line names its process (JSON lines always do)."""
+    return logging_config(get_settings().log_format, process_ids=workers > 1)
 
 
 def _database() -> sessionmaker[Session]:

@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.logs import LogFormat
+
 __all__ = ["Settings", "get_settings"]
 
 MiB = 2**20
@@ -145,6 +147,11 @@ class Settings(BaseSettings):
     )
     rate_limit_burst: int = Field(
         default=2000, ge=1, description="Requests a key may make at once before its rate limit applies."
+    )
+    log_format: LogFormat = Field(
+        default="auto",
+        description="Log lines as json (one object a line: a request's id, route, status and duration; a "
+        "job's id and state) or text for a person; auto is text when stderr is a terminal, json otherwise.",
     )
 
     @property

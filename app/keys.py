@@ -92,10 +92,10 @@ def verify(factory: sessionmaker[Session], key: str) -> Caller | None:
     return Caller(row.id, row.name, row.admin)
 
 
-def first_admin_key(factory: sessionmaker[Session], data_dir: Path) -> Path | None:
+def first_admin_key(factory: sessionmaker[Session], data_dir: Path, url: str) -> Path | None:
     """On a database without any key, make the admin key ``admin``, save it in ``data_dir/admin-key``
-    readable by the owner only and log it once; the file's path, or None when keys existed (or another
-    process sharing the database made it first)."""
+    readable by the owner only and log it once, with a link to the dashboard at ``url`` that carries it;
+    the file's path, or None when keys existed (or another process sharing the database made it first)."""
     with factory() as db:
         if db.scalar(select(func.count()).select_from(ApiKey)):
             return None
@@ -109,5 +109,13 @@ def first_admin_key(factory: sessionmaker[Session], data_dir: Path) -> Path | No
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "w") as file:
         file.write(f"{key}\n")
-    logger.warning("made the admin API key (shown once, saved in %s, mode 0600): %s", path, key)
+    # The fragment after '#' never leaves the browser: the dashboard stores the key and drops it from the URL.
+    logger.warning(
+        "made the admin API key (shown once, saved in %s, mode 0600): %s\n"
+        "open the dashboard with it: %s/#key=%s",
+        path,
+        key,
+        url,
+        key,
+    )
     return path

@@ -1,5 +1,6 @@
-"""The FastAPI application: ``create_app()`` wires the settings, the routes and a lifespan that migrates the
-database, loads and warms up the models, and sweeps expired sessions while the service runs."""
+"""The FastAPI application: ``create_app()`` wires the settings, the routes, the metrics with the middleware
+that observes and logs each request, and a lifespan that migrates the database, loads and warms up the
+models, and sweeps expired sessions while the service runs."""
 
 from __future__ import annotations
 
@@ -18,8 +19,11 @@ import app as package
 from app.api.auth import KeyCache, start_auth
 from app.api.errors import install_error_handlers, problems
 from app.api.limits import RateLimiter
+from app.api.metrics import Metrics
+from app.api.middleware import Observe
 from app.api.routes import KEYED, api_router, datasets
 from app.config import Settings, get_settings
+from app.dashboard import install_dashboard
 from app.datasets import DatasetStore
 from app.db.engine import make_engine, make_session_factory
 from app.db.migrate import migrate
@@ -56,6 +60,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_body_size=settings.max_body_bytes,
     )
     app.state.settings, app.state.ready = settings, False
+    app.state.metrics = Metrics(app.state)
+    app.add_middleware(Observe, metrics=app.state.metrics)
     install_error_handlers(app)
     app.include_router(api_router)
     # Uploads stream in under a limit of their own; every other route keeps max_body_bytes.
@@ -65,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         dependencies=KEYED,
         responses=problems(401, 429),
     )
+    install_dashboard(app)
     return app
 
 
@@ -86,8 +93,11 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         orphans = await to_thread.run_sync(_sweep, store, serving)
         logger.info("swept %d expired sessions and %d orphan files", expired, orphans)
         app.state.registry, app.state.store = registry, store
-        app.state.adapting = _batcher(store.create_many, settings)
-        app.state.predicting = _batcher(functools.partial(answer_many, registry, store), settings)
+        metrics: Metrics = app.state.metrics
+        app.state.adapting = _batcher(metrics.adaptations(store.create_many), settings)
+        app.state.predicting = _batcher(
+            metrics.batches("predict", functools.partial(answer_many, registry, store)), settings
+        )
         app.state.datasets = DatasetStore(settings, factory)
         app.state.jobs = JobStore(factory)
         runner = JobRunner(settings, app.state.jobs, registry)

@@ -5,6 +5,7 @@ directory gives bit-identical predictions for that session."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -80,7 +81,8 @@ def serving(
     data_dir: Path, port: int, log: Path, environment: Mapping[str, str] | None = None
 ) -> Iterator[Client]:
     """``server_process``, stopped with SIGTERM on leaving, which must end it cleanly (uvicorn shuts down,
-    then dies of the signal it caught, as the signal's sender expects)."""
+    saying so in the last JSON lines of the log, then dies of the signal it caught, as the signal's sender
+    expects)."""
     with server_process(data_dir, port, log, environment) as (process, client):
         try:
             yield client
@@ -92,11 +94,10 @@ def serving(
             raise
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) in (0, -signal.SIGTERM), log.read_text()
-        assert (
+        last = [json.loads(line)["message"] for line in log.read_text().splitlines()[-2:]]
+        assert last == ["Application shutdown complete.", f"Finished server process [{process.pid}]"], (
             log.read_text()
-            .rstrip()
-            .endswith(f"Application shutdown complete.\nINFO:     Finished server process [{process.pid}]")
-        ), log.read_text()
+        )
 
 
 def _ready(client: Client) -> bool:

@@ -4,13 +4,14 @@ adapted it, and one process at a time runs the jobs, another taking over when it
 
 from __future__ import annotations
 
+import json
 import os
-import re
 import signal
 import time
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -33,19 +34,23 @@ from tests.test_serving import sinusoid
 WORKERS = 2
 ROUNDS = 30
 """Most sessions to adapt until both workers have answered, one for a session the other adapted."""
-LINE = re.compile(r"^INFO: +\[(?P<pid>\d+)\] (?P<message>.*)$", re.MULTILINE)
-CALL = re.compile(r'"POST /(adapt|predict) HTTP')
+CALLS = ("/adapt", "/predict")
 STARTED, LEADS = "Application startup complete.", "runs the jobs of"
 
 
+def lines(log: Path) -> list[dict[str, Any]]:
+    """The log's lines: JSON objects, each naming its process (``pid``)."""
+    return [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+
+
 def logged(log: Path, fragment: str) -> list[int]:
-    """The processes of the log's lines that contain ``fragment``, in order (several workers name theirs)."""
-    return [int(m["pid"]) for m in LINE.finditer(log.read_text()) if fragment in m["message"]]
+    """The processes of the log's lines that contain ``fragment``, in order."""
+    return [line["pid"] for line in lines(log) if fragment in line["message"]]
 
 
 def callers(log: Path) -> list[int]:
-    """The process that answered each /adapt and /predict, in order."""
-    return [int(m["pid"]) for m in LINE.finditer(log.read_text()) if CALL.search(m["message"])]
+    """The process that answered each /adapt and /predict, in order (from the requests' lines)."""
+    return [line["pid"] for line in lines(log) if line.get("route") in CALLS]
 
 
 def test_two_workers_migrate_once_serve_each_others_sessions_and_one_runs_the_jobs_until_it_dies(

@@ -66,4 +66,6 @@ def start_auth(settings: Settings, factory: sessionmaker[Session]) -> None:
             "!" * 100,
         )
         return
-    first_admin_key(factory, settings.data_dir)
+    # Listening on every address, the machine's own is one of them.
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    first_admin_key(factory, settings.data_dir, f"http://{host}:{settings.port}")

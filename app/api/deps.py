@@ -93,6 +93,7 @@ async def caller(request: Request, key: Annotated[str | None, Security(_API_KEY)
     state = _serving(request)
     settings: Settings = state.settings
     found = ANONYMOUS if not settings.auth else await _verified(state.keys, key)
+    request.state.key_id = found.id  # for the request's log line: the key's id, never the key
     limiter: RateLimiter = state.limiter
     wait = limiter.wait(found.id)
     if wait:

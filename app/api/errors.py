@@ -1,6 +1,7 @@
 """How the serving layer's errors reach a client: a ``ValueError`` becomes a 422 shaped like FastAPI's own
 validation errors, with the field it names in ``loc``; ``NotFound`` becomes a 404 and ``Conflict`` a 409.
-``problems`` documents those statuses in the OpenAPI schema, and a 405 lists every method of its path."""
+``problems`` documents those statuses in the OpenAPI schema, and a 405 lists every method of its path. An
+unhandled error is a 500 that names the request's id, as its log lines do."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.routing import Match, Route
 
+from app.api.middleware import REQUEST_ID
 from app.api.schemas import Problem
 from app.serving.errors import CallerGone, Conflict, NotFound, Overloaded
 
@@ -99,9 +101,21 @@ def _caller_gone(request: Request, error: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(error)}, status_code=CLIENT_CLOSED_REQUEST)
 
 
+def _internal_error(request: Request, error: Exception) -> JSONResponse:
+    """Starlette's outermost middleware sends this answer, past ``Observe``'s headers, then re-raises the
+    error for the log: the request's id goes in the header and the detail here, to quote in a report."""
+    rid = getattr(request.state, "request_id", "unknown")
+    return JSONResponse(
+        {"detail": f"internal error; quote request id {rid} when you report it"},
+        status_code=status.HTTP_500_INTERNAL_SERVER_ERROR,
+        headers={REQUEST_ID: rid},
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(NotFound, _not_found)
     app.add_exception_handler(Conflict, _conflict)
     app.add_exception_handler(Overloaded, _overloaded)
     app.add_exception_handler(CallerGone, _caller_gone)
+    app.add_exception_handler(Exception, _internal_error)

@@ -1,10 +1,12 @@
 """Database migrations with Alembic, configured in code (no alembic.ini): ``migrate(url)`` brings a database
 to the newest schema and is a no-op on one already there, so the service calls it on every start.
 
-The scripts live in the repository's ``alembic/`` folder. Other Alembic commands run against the configured
-database (``METASERVE_DATABASE_URL``, or the SQLite file in ``METASERVE_DATA_DIR``) with
-``python -m app.db.migrate <command>``, e.g. ``current``, ``history``, ``check``, ``upgrade head --sql``, or
-``revision --autogenerate -m "add jobs.priority"`` after changing ``app/db/tables.py``.
+The scripts live in the repository's ``alembic/`` folder, linked as ``app/db/migrations/`` so that a wheel
+carries them as package data. Other Alembic commands
+run against the configured database (``METASERVE_DATABASE_URL``, or the SQLite file in
+``METASERVE_DATA_DIR``) with ``python -m app.db.migrate <command>``, e.g. ``current``, ``history``,
+``check``, ``upgrade head --sql``, or ``revision --autogenerate -m "add jobs.priority"`` after changing
+``app/db/tables.py``.
 """
 
 from __future__ import annotations
@@ -15,20 +17,20 @@ from pathlib import Path
 from alembic import command
 from alembic.config import CommandLine, Config
 
-import app
 from app.config import get_settings
 
 __all__ = ["MIGRATIONS", "alembic_config", "migrate"]
 
-MIGRATIONS = Path(app.__file__).resolve().parents[1] / "alembic"
-"""The Alembic folder (env.py, script.py.mako, versions/), beside the ``app`` package."""
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+"""The Alembic folder (env.py, script.py.mako, versions/): ``alembic/`` through the package's link to it, or
+the wheel's copy."""
 
 
 def alembic_config(url: str) -> Config:
     """Alembic's configuration for the database at ``url``, with the scripts in ``MIGRATIONS``."""
     if not (MIGRATIONS / "env.py").is_file():
         raise FileNotFoundError(
-            f"no Alembic scripts at {MIGRATIONS}: install metaserve from a source checkout (pip install -e .)"
+            f"no Alembic scripts at {MIGRATIONS}: the metaserve installation is incomplete, reinstall it"
         )
     config = Config()
     # Config values pass through ConfigParser interpolation, where '%' (as in an escaped password) is special.
@@ -39,7 +41,7 @@ def alembic_config(url: str) -> Config:
 
 def migrate(url: str) -> None:
     """Upgrade the database at ``url`` to the newest revision, creating it if needed. Processes that migrate
-    one database at once take turns on a lock of the database's own (``alembic/env.py``), so the first
+    one database at once take turns on a lock of the database's own (``migrations/env.py``), so the first
     migrates and the others find nothing to do."""
     command.upgrade(alembic_config(url), "head")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from app.config import Settings
 from app.jobs.spec import JobSpec
-from app.jobs.store import JobStore
+from app.jobs.store import JobStore, log_state
 from app.jobs.worker import JOBS
 from app.locks import FileLock
 from app.serving import Registry
@@ -131,6 +131,10 @@ class JobRunner:
             if status != 0 and worker.stopping_since is None:
                 tail = worker.log.read_bytes()[-LOG_TAIL:].decode(errors="replace")
                 self.store.finish(job_id, "failed", error=f"the worker exited with status {status}:\n{tail}")
+            # The worker logs its own end in its log file; the service's log says it here, once.
+            state = self.store.state(job_id)
+            if state in ("succeeded", "failed"):
+                log_state(job_id, state, exit_status=status)
 
     def _stop_cancelled(self) -> None:
         now = time.monotonic()

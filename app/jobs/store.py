@@ -1,26 +1,48 @@
 """The ``jobs`` table as a queue: submitting, claiming atomically, progress and metrics from the worker,
-cancelling, and requeueing jobs whose worker died. The service and the workers share this one class."""
+cancelling, and requeueing jobs whose worker died. The service and the workers share this one class.
+Each move to queued, running or cancelled is logged here (``log_state``); a job's end, which its worker
+writes, is logged by the runner that sees the worker exit, in the service's log."""
 
 from __future__ import annotations
 
 import builtins
+import logging
 import secrets
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete, exc, select, update
+from sqlalchemy import delete, exc, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.tables import Dataset, Initialization, Job, JobMetric, utc_now, visible_to
 from app.jobs.spec import JobSpec
 from app.serving import Conflict, NotFound
 
-__all__ = ["ACTIVE", "FINISHED", "JobStore"]
+__all__ = ["ACTIVE", "FINISHED", "STATES", "JobStore", "JobTotals", "log_state"]
 
 ACTIVE = ("queued", "running")
 FINISHED = ("succeeded", "failed", "cancelled")
+STATES = (*ACTIVE, *FINISHED)
 MAX_PAGE_SIZE = 1000
+
+logger = logging.getLogger(__name__)
+
+
+def log_state(job_id: str, state: str, **fields: Any) -> None:
+    """Log that the job ``job_id`` is now ``state``: one line per change, ``job_id`` and ``state`` as fields
+    (with ``fields``), so that a log search finds a job's whole life."""
+    logger.info("job %s %s", job_id, state, extra={"job_id": job_id, "state": state, **fields})
+
+
+@dataclass(frozen=True)
+class JobTotals:
+    """What the jobs table holds now: jobs per state (every state present), and the meta-training
+    iterations done, summed over every job."""
+
+    states: dict[str, int]
+    iterations: int
 
 
 class JobStore:
@@ -44,6 +66,7 @@ class JobStore:
                 db.add(job)
         except exc.IntegrityError:  # the dataset was deleted between the check and the insert
             raise ValueError(missing) from None
+        log_state(job.id, "queued")
         return job
 
     def get(self, job_id: str, scope: str | None = None) -> tuple[Job, str | None]:
@@ -93,6 +116,7 @@ class JobStore:
             if job.state in FINISHED:
                 raise Conflict(f"job {job_id!r} has already {job.state}; there is nothing to cancel")
             job.state, job.finished = "cancelled", utc_now()
+        log_state(job_id, "cancelled")
         return job
 
     def claim(self) -> str | None:
@@ -108,6 +132,8 @@ class JobStore:
             ).scalar()
             if claimed is not None:
                 db.execute(update(Job).where(Job.id == claimed, Job.started.is_(None)).values(started=now))
+        if claimed is not None:
+            log_state(claimed, "running")
         return claimed
 
     def state(self, job_id: str) -> str:
@@ -132,7 +158,18 @@ class JobStore:
         if stale is not None:
             running = running.where(Job.heartbeat < utc_now() - stale)
         with self._db.begin() as db:
-            return len(db.execute(running.values(state="queued", worker_pid=None).returning(Job.id)).all())
+            requeued = db.scalars(running.values(state="queued", worker_pid=None).returning(Job.id)).all()
+        for job_id in requeued:
+            log_state(job_id, "queued", requeued=True)
+        return len(requeued)
+
+    def totals(self) -> JobTotals:
+        """Jobs per state and the iterations done, in one query (for the metrics, at each scrape)."""
+        query = select(Job.state, func.count(), func.coalesce(func.sum(Job.iteration), 0)).group_by(Job.state)
+        with self._db() as db:
+            rows = db.execute(query).all()
+        states = dict.fromkeys(STATES, 0) | {state: count for state, count, _ in rows}
+        return JobTotals(states, sum(int(iterations) for _, _, iterations in rows))
 
     # The worker's side: each write applies only while the job is still running, so a cancel wins.
 

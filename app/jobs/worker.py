@@ -28,6 +28,7 @@ from app.db.tables import Dataset
 from app.jobs.publish import publish
 from app.jobs.spec import JobSpec
 from app.jobs.store import JobStore
+from app.logs import configure as configure_logging
 from app.meta.distributed import init_from_env
 from app.meta.train import Progress, Stopped
 from app.training import TrainSpec, Validation, train
@@ -153,7 +154,7 @@ def _reporter(
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(get_settings().log_format)
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         sys.exit("usage: python -m app.jobs.worker JOB_ID")
