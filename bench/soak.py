@@ -1,6 +1,7 @@
 """Soak: a real ``metaserve serve`` on loopback, driven for a fixed time by concurrent clients that adapt,
 predict and delete sinusoid sessions while a meta-training job runs. Reports the requests, the errors
-(anything but a deliberate 429 or 503), the server's RSS slope after warm-up, and whether every session
+(anything but a deliberate 429 or 503), the slopes after warm-up of the server's RSS and, on CUDA, of its
+device memory (read from its own ``/metrics``), and whether every session
 acknowledged and not deleted still predicts exactly as it did. Usage: ``python bench/soak.py --help``.
 """
 
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -84,6 +86,25 @@ def rss_mb(pid: int) -> float:
         raise RuntimeError(f"no VmRSS for process {pid}") from None
 
 
+SERIES = {"device": "metaserve_device_memory_allocated_bytes", "cached": "metaserve_session_cache_bytes"}
+"""The series of ``/metrics`` read at each sample: the CUDA memory the server's tensors hold (absent on a
+CPU), and the bytes of adapted tensors its session cache holds (live sessions, not a leak)."""
+
+
+async def scraped_mb(http: httpx.AsyncClient) -> dict[str, float]:
+    """Each of ``SERIES`` that the server's ``/metrics`` has, summed over its labels, in MB."""
+    response = await http.get("/metrics")
+    response.raise_for_status()
+    found: dict[str, float] = {}
+    names = {name: key for key, name in SERIES.items()}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            if sample.name in names:
+                key = names[sample.name]
+                found[key] = found.get(key, 0.0) + sample.value / 2**20
+    return found
+
+
 def slope_mb_per_min(samples: list[tuple[float, float]]) -> float:
     """Least-squares slope of (seconds, MB) samples, in MB per minute; 0 with fewer than two samples."""
     if len(samples) < 2:
@@ -145,22 +166,49 @@ async def client(http: httpx.AsyncClient, tally: Tally, seed: int, deadline: flo
             await call(http, tally, "DELETE", f"/sessions/{session_id}")
 
 
-async def sample_rss(pid: int, deadline: float, every: float, samples: list[tuple[float, float]]) -> None:
+async def sample_memory(
+    http: httpx.AsyncClient,
+    pid: int,
+    deadline: float,
+    every: float,
+    samples: dict[str, list[tuple[float, float]]],
+) -> None:
+    """Every ``every`` seconds until ``deadline``: the server's RSS, that RSS less its session cache (what
+    would grow with a leak), and on CUDA its device memory, in MB."""
     start = time.monotonic()
     while time.monotonic() < deadline:
-        samples.append((time.monotonic() - start, rss_mb(pid)))
+        now, scraped, rss = time.monotonic() - start, await scraped_mb(http), rss_mb(pid)
+        samples["rss"].append((now, rss))
+        samples["rss_less_cache"].append((now, rss - scraped.get("cached", 0.0)))
+        if "device" in scraped:
+            samples["device"].append((now, scraped["device"]))
         await asyncio.sleep(every)
 
 
+def summary(samples: list[tuple[float, float]], warmup: float) -> dict[str, float] | None:
+    """First, last and largest sample, and the slope after ``warmup`` seconds; None without samples."""
+    if not samples:
+        return None
+    warm = [(t, m) for t, m in samples if t >= warmup]
+    values = [m for _, m in samples]
+    return {
+        "first": values[0],
+        "last": values[-1],
+        "max": max(values),
+        "slope_mb_per_min": slope_mb_per_min(warm),
+    }
+
+
 async def drive(url: str, headers: dict[str, str], pid: int, args: argparse.Namespace) -> dict[str, Any]:
-    """The soak itself: the job, the clients and the RSS samples, then every kept session checked."""
-    tally, samples = Tally(), []
+    """The soak itself: the job, the clients and the memory samples, then every kept session checked."""
+    tally: Tally = Tally()
+    samples: dict[str, list[tuple[float, float]]] = {"rss": [], "rss_less_cache": [], "device": []}
     limits = httpx.Limits(max_connections=args.clients)
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60, limits=limits) as http:
         job = await call(http, tally, "POST", "/jobs", JOB)
         deadline = time.monotonic() + args.seconds
         await asyncio.gather(
-            sample_rss(pid, deadline, args.sample_seconds, samples),
+            sample_memory(http, pid, deadline, args.sample_seconds, samples),
             *(client(http, tally, seed, deadline) for seed in range(args.clients)),
         )
         trained = job and await call(http, tally, "GET", f"/jobs/{job['job_id']}")
@@ -170,7 +218,6 @@ async def drive(url: str, headers: dict[str, str], pid: int, args: argparse.Name
         for session_id in kept:
             answer = await call(http, tally, "POST", "/predict", {"session_id": session_id, "x": QUERY})
             served += bool(answer and tally.compare(session_id, answer["predictions"]))
-    warm = [(t, m) for t, m in samples if t >= args.warmup_seconds]
     return {
         "machine": machine(),
         "seconds": args.seconds,
@@ -185,23 +232,25 @@ async def drive(url: str, headers: dict[str, str], pid: int, args: argparse.Name
         "predictions_checked": tally.checked,
         "predictions_rounded": tally.rounded,
         "job": {"state": trained["state"], "iteration": trained["iteration"]} if trained else None,
-        "rss_mb": {"first": samples[0][1], "last": samples[-1][1], "max": max(m for _, m in samples)},
-        "rss_slope_mb_per_min": slope_mb_per_min(warm),
+        "rss_mb": summary(samples["rss"], args.warmup_seconds),
+        "rss_less_cache_mb": summary(samples["rss_less_cache"], args.warmup_seconds),
+        "device_mb": summary(samples["device"], args.warmup_seconds),
         "warmup_seconds": args.warmup_seconds,
-        "rss_samples": samples,
+        "samples": samples,
     }
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     with (
         tempfile.TemporaryDirectory(prefix="metaserve-soak-") as data_dir,
-        served(Path(data_dir)) as server,
+        served(Path(data_dir), device=args.device) as server,
     ):
         return asyncio.run(drive(server.url, server.headers, server.process.pid, args))
 
 
 def markdown(report: dict[str, Any]) -> str:
-    info, rss, job = report["machine"], report["rss_mb"], report["job"] or {}
+    info, rss, device, job = report["machine"], report["rss_mb"], report["device_mb"], report["job"] or {}
+    warmup = f"after {report['warmup_seconds']:g} s"
     rows = [
         ["duration", f"{report['seconds']:g} s, {report['clients']} clients"],
         ["requests", f"{report['requests']:,} ({report['requests'] / report['seconds']:.0f}/s)"],
@@ -215,7 +264,21 @@ def markdown(report: dict[str, Any]) -> str:
         ],
         ["training job at the end", f"{job.get('state', 'none')}, iteration {job.get('iteration', 0)}"],
         ["server RSS first / last / max", f"{rss['first']:.0f} / {rss['last']:.0f} / {rss['max']:.0f} MB"],
-        [f"RSS slope after {report['warmup_seconds']:g} s", f"{report['rss_slope_mb_per_min']:+.2f} MB/min"],
+        [f"RSS slope {warmup}", f"{rss['slope_mb_per_min']:+.2f} MB/min"],
+        [
+            f"RSS less the session cache's bytes, slope {warmup}",
+            f"{report['rss_less_cache_mb']['slope_mb_per_min']:+.2f} MB/min",
+        ],
+        [
+            "device memory first / last / max",
+            f"{device['first']:.0f} / {device['last']:.0f} / {device['max']:.0f} MB"
+            if device
+            else "none (CPU)",
+        ],
+        [
+            f"device memory slope {warmup}",
+            f"{device['slope_mb_per_min']:+.2f} MB/min" if device else "none (CPU)",
+        ],
     ]
     return "\n".join([
         f"# Soak, {info['date']}, commit {info['commit']}",
@@ -234,8 +297,9 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=120, help="how long the clients run")
     ap.add_argument("--clients", type=int, default=64, help="concurrent clients")
-    ap.add_argument("--warmup-seconds", type=float, default=30, help="RSS samples before this are left out")
-    ap.add_argument("--sample-seconds", type=float, default=1, help="RSS sampling interval")
+    ap.add_argument("--device", default="auto", help="the server's METASERVE_DEVICE: auto, cpu or cuda")
+    ap.add_argument("--warmup-seconds", type=float, default=30, help="samples before this are left out")
+    ap.add_argument("--sample-seconds", type=float, default=1, help="memory sampling interval")
     ap.add_argument(
         "--out", type=Path, default=ROOT / "bench" / "results" / "soak-cpu", help="writes OUT.{json,md}"
     )

@@ -1,8 +1,11 @@
 """A short soak of a real ``metaserve serve`` (``bench/soak.py`` runs the long one): clients adapting,
 predicting and deleting while a meta-training job runs get no error but deliberate 429/503s, every session
-acknowledged and not deleted still predicts as it did, and the server's memory stays bounded."""
+acknowledged and not deleted still predicts as it did, and the server's memory stays bounded (its device
+memory read from /metrics on CUDA)."""
 
 from __future__ import annotations
+
+import torch
 
 from bench import soak
 
@@ -23,3 +26,4 @@ def test_a_short_soak_has_no_errors_serves_every_kept_session_and_bounds_memory(
     assert report["job"] is not None and report["job"]["state"] in ("queued", "running"), report["job"]
     rss = report["rss_mb"]
     assert rss["max"] - rss["first"] < MAX_RSS_GROWTH_MB, rss
+    assert (report["device_mb"] is None) == (not torch.cuda.is_available()), "device memory is read on CUDA"
