@@ -1,7 +1,9 @@
 # Setup is two commands on a fresh machine with only Python: `make serve` and `make test`.
 PYTHON ?= python3
 VENV ?= .venv
-# A plain `torch` requirement pulls a multi-GB CUDA build; the CPU wheel is pinned here, overridable.
+# A plain `torch` requirement pulls a multi-GB CUDA build, so torch is pinned here, overridable. On these
+# machines torch==2.13.0 is a CPU wheel on local disk; elsewhere PyPI's is the CUDA build, and
+# PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu gives the CPU one (docs/quickstart.md).
 TORCH_SPEC ?= torch==2.13.0
 ANCHORS ?= ../shared/anchors
 ANCHORS_VENV ?= .venv-anchors

@@ -28,7 +28,7 @@ two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="nccl needs 
 
 
 def torchrun(ranks: int, spec: TrainSpec, out: Path, *options: str) -> None:
-    """``metaserve train`` on ``ranks`` local processes started by torchrun, as the README shows it."""
+    """``metaserve train`` on ``ranks`` local processes started by torchrun, as docs/operating.md shows it."""
     command = shlex.split(spec.command(out))[1:]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}"]
     done = subprocess.run(
