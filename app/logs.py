@@ -11,6 +11,8 @@ import logging.config
 import sys
 from typing import Any, Literal
 
+from pythonjsonlogger.core import RESERVED_ATTRS
+
 __all__ = ["REQUESTS", "LogFormat", "configure", "logging_config", "resolved"]
 
 LogFormat = Literal["auto", "json", "text"]
@@ -35,6 +37,8 @@ def logging_config(log_format: LogFormat, process_ids: bool = False) -> dict[str
             "fmt": "%(levelname)s %(name)s %(process)d %(message)s",
             "rename_fields": {"levelname": "level", "name": "logger", "process": "pid"},
             "timestamp": "time",
+            # uvicorn adds a copy of some messages with terminal colour codes, noise in a JSON line.
+            "reserved_attrs": [*RESERVED_ATTRS, "color_message"],
         }
     else:
         pid = " [%(process)d]" if process_ids else ""

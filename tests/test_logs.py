@@ -50,6 +50,7 @@ def test_json_lines_carry_each_requests_id_and_every_state_of_a_job(tmp_path: Pa
     logged = lines(log)
     assert all({"time", "level", "logger", "pid", "message"} <= line.keys() for line in logged)
     assert not [line for line in logged if line["logger"] == "uvicorn.access"]
+    assert not [line for line in logged if any("\x1b" in str(v) for v in line.values())], "colour codes"
     requests = {line["request_id"]: line for line in logged if line["logger"] == "app.requests"}
     assert all(line.keys() >= REQUEST_FIELDS for line in requests.values())
     assert requests[INCOMING]["route"] == "/health/live" and requests[INCOMING]["status"] == 200
