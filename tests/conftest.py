@@ -6,6 +6,7 @@ import itertools
 import os
 import shutil
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -14,10 +15,13 @@ import torch
 import torch.nn.functional as F
 from fastapi import FastAPI
 from PIL import Image, ImageDraw
+from sqlalchemy import Engine
 from torch import Tensor, nn
 from torch.func import functional_call
 
 from app.client import AsyncClient
+from app.db.engine import make_engine
+from app.db.migrate import migrate
 from app.keys import ADMIN_KEY_FILE
 from app.meta import Algorithm, Learner, TaskBatch, build_net
 from app.meta.tasks.noise_images import noise_image_tasks
@@ -214,6 +218,17 @@ def client(http: httpx.AsyncClient) -> AsyncClient:
 
 
 # A throwaway PostgreSQL server (tests/postgres.py), started once for the tests that ask for one.
+
+
+@contextmanager
+def migrated_engine(url: str) -> Iterator[Engine]:
+    """An engine on the database at ``url``, migrated to the newest schema first; disposed on leaving."""
+    migrate(url)
+    engine = make_engine(url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture(scope="session")

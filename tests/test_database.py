@@ -20,6 +20,7 @@ from app.config import Settings, get_settings
 from app.db.engine import BUSY_TIMEOUT_MS, make_engine, make_session_factory
 from app.db.migrate import alembic_config, main, migrate
 from app.db.tables import AdaptedSession, Base, Initialization, Job, JobMetric
+from tests.conftest import migrated_engine
 
 TABLES = {"initializations", "sessions", "datasets", "jobs", "job_metrics", "api_keys"}
 NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -36,10 +37,8 @@ def url(tmp_path: Path) -> str:
 
 @pytest.fixture
 def engine(url: str) -> Iterator[Engine]:
-    migrate(url)
-    engine = make_engine(url)
-    yield engine
-    engine.dispose()
+    with migrated_engine(url) as engine:
+        yield engine
 
 
 @pytest.fixture

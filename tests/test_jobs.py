@@ -21,12 +21,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.client import Client, MetaserveError
 from app.db.engine import make_engine, make_session_factory
-from app.db.migrate import migrate
 from app.db.tables import Initialization, Job
 from app.jobs.spec import Algorithm, JobSpec
 from app.jobs.store import JobStore
 from app.meta import ALGORITHMS
 from app.serving import Conflict
+from tests.conftest import migrated_engine
 from tests.test_serve_e2e import free_port, server_process, serving
 from tests.test_serving import sinusoid
 
@@ -37,11 +37,8 @@ QUICK = {"METASERVE_JOB_STALE_SECONDS": "2"}
 
 @pytest.fixture
 def jobs(tmp_path: Path) -> Iterator[JobStore]:
-    url = f"sqlite:///{tmp_path / 'metaserve.db'}"
-    migrate(url)
-    engine = make_engine(url)
-    yield JobStore(make_session_factory(engine))
-    engine.dispose()
+    with migrated_engine(f"sqlite:///{tmp_path / 'metaserve.db'}") as engine:
+        yield JobStore(make_session_factory(engine))
 
 
 def until(check: Callable[[], Any], what: str, seconds: float = WAIT_SECONDS) -> Any:

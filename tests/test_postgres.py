@@ -28,6 +28,7 @@ from app.db.tables import Base, Initialization, Job
 from app.jobs.spec import JobSpec
 from app.jobs.store import JobStore
 from app.serving import Conflict, NotFound, Registry, SessionStore
+from tests.conftest import migrated_engine
 from tests.test_database import TABLES, current_revision, initialization
 from tests.test_datasets import labelled, npz
 from tests.test_jobs import SHORT, only, until
@@ -39,10 +40,8 @@ CPU = torch.device("cpu")
 
 @pytest.fixture
 def engine(postgres_url: str) -> Iterator[Engine]:
-    migrate(postgres_url)
-    engine = make_engine(postgres_url)
-    yield engine
-    engine.dispose()
+    with migrated_engine(postgres_url) as engine:
+        yield engine
 
 
 @pytest.fixture
