@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TypeVar
 
+import torch
 from anyio import to_thread
 from fastapi import FastAPI
 
@@ -79,6 +80,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     device = resolve_device(settings.device)
+    if device.type == "cuda":
+        # cuDNN's TF32 convolutions round to 10 mantissa bits with kernels chosen by batch shape: a
+        # session's answer would move by 1e-4 with whoever shares its batch. Serve true float32.
+        torch.backends.cudnn.allow_tf32 = False
     await to_thread.run_sync(migrate, settings.database_url_resolved)
     engine = make_engine(settings.database_url_resolved, settings.durable_writes)
     factory = make_session_factory(engine)

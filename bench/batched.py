@@ -28,6 +28,10 @@ from bench.report import cpu_name, machine, table, write  # noqa: E402
 TARGETS = {"cpu": {"sinusoid": 10.0, "glyphs": 2.0, "conv4-maml": 2.0}, "cuda": {"*": 100.0}}
 """Batched over one-at-a-time sessions/s: issue 6's targets at 64 sessions on a CPU, 1,024 on a GPU."""
 
+ALONE = 128
+"""At most this many sessions are timed one at a time: that rate per session does not depend on how
+many wait, and 1,024 of them one by one would take much of a GPU lease."""
+
 
 def workloads(
     sessions: int, device: torch.device
@@ -76,36 +80,51 @@ def measure(
     tasks: TaskBatch,
     device: torch.device,
     repeats: int,
+    compiled: bool,
 ) -> dict[str, Any]:
-    """Sessions/s of adapt and predict, one at a time and batched, for one workload."""
+    """Sessions/s of adapt and predict, one at a time and batched, for one workload; with ``compiled``
+    also batched through ``torch.compile`` (``METASERVE_COMPILE``), its compile left to the warm-up."""
     count = tasks.tasks
     supports = [(tasks.support_x[t], tasks.support_y[t]) for t in range(count)]
     queries = [tasks.query_x[t] for t in range(count)]
     changed = [a.changed for a in adapt_many(learner, params, supports, inner)]
 
+    alone = min(count, ALONE)
+
     # One at a time is what the service does with batching off: the same calls on a batch of one.
     def adapt_alone() -> None:
-        for support in supports:
+        for support in supports[:alone]:
             adapt_many(learner, params, [support], inner)
 
     def predict_alone() -> None:
-        for c, x in zip(changed, queries, strict=True):
+        for c, x in zip(changed[:alone], queries[:alone], strict=True):
             predict_many(learner, params, [c], [x])
 
     timings = {
-        "adapt one at a time": seconds(adapt_alone, device, repeats),
+        "adapt one at a time": seconds(adapt_alone, device, repeats) * count / alone,
         "adapt batched": seconds(lambda: adapt_many(learner, params, supports, inner), device, repeats),
-        "predict one at a time": seconds(predict_alone, device, repeats),
+        "predict one at a time": seconds(predict_alone, device, repeats) * count / alone,
         "predict batched": seconds(lambda: predict_many(learner, params, changed, queries), device, repeats),
     }
+    if compiled:
+        timings["adapt batched, compiled"] = seconds(
+            lambda: adapt_many(learner, params, supports, inner, compile_steps=True), device, repeats
+        )
+        timings["predict batched, compiled"] = seconds(
+            lambda: predict_many(learner, params, changed, queries, compile_forward=True), device, repeats
+        )
     rates = {k: count / v for k, v in timings.items()}
-    return {
+    row = {
         "workload": name,
         "sessions": count,
         "sessions_per_s": rates,
         "adapt_ratio": rates["adapt batched"] / rates["adapt one at a time"],
         "predict_ratio": rates["predict batched"] / rates["predict one at a time"],
     }
+    if compiled:
+        row["compiled_adapt_ratio"] = rates["adapt batched, compiled"] / rates["adapt batched"]
+        row["compiled_predict_ratio"] = rates["predict batched, compiled"] / rates["predict batched"]
+    return row
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -113,7 +132,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rows = []
     for count in args.sessions:
         for name, (learner, params, inner, tasks) in workloads(count, device).items():
-            rows.append(measure(name, learner, params, inner, tasks, device, args.repeats))
+            if name not in args.workloads:
+                continue
+            rows.append(measure(name, learner, params, inner, tasks, device, args.repeats, args.compile))
     targets = TARGETS[device.type]
     for row in rows:
         target = targets.get(row["workload"], targets.get("*"))
@@ -129,7 +150,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def markdown(report: dict[str, Any]) -> str:
     info = report["machine"]
     header = ["workload", "sessions", "adapt alone /s", "adapt batched /s", "ratio", "predict alone /s",
-              "predict batched /s", "ratio", "target"]  # fmt: skip
+              "predict batched /s", "ratio", "target", "adapt compiled ÷ eager",
+              "predict compiled ÷ eager"]  # fmt: skip
     rows = []
     for r in report["rows"]:
         s = r["sessions_per_s"]
@@ -138,16 +160,20 @@ def markdown(report: dict[str, Any]) -> str:
         )
         rates = (f"{s[k]:.0f}" for k in ("adapt one at a time", "adapt batched"))
         predict_rates = (f"{s[k]:.0f}" for k in ("predict one at a time", "predict batched"))
+        compiled = [
+            f"{r[k]:.2f}x" if k in r else "-" for k in ("compiled_adapt_ratio", "compiled_predict_ratio")
+        ]
         rows.append([r["workload"], str(r["sessions"]), *rates, f"{r['adapt_ratio']:.1f}x", *predict_rates,
-                     f"{r['predict_ratio']:.1f}x", target])  # fmt: skip
+                     f"{r['predict_ratio']:.1f}x", target, *compiled])  # fmt: skip
     return "\n".join([
         f"# Engine-level batching, {info['date']}, commit {info['commit']}",
         "",
         f"{info['device']}, torch {info['torch']} ({info['torch_threads']} threads). Sessions/s (median of "
         "the repeats) of adapting each session's support set and predicting its 10 queries, one session "
-        "at a time vs all at once (`adapt_many`, `predict_many`); sinusoid: "
+        f"at a time (at most the first {ALONE}) vs all at once (`adapt_many`, `predict_many`); sinusoid: "
         "10 support points, the card's inner loop; glyphs: 5-way 1-shot, the card's ANIL head-only loop; "
-        "conv4-maml: the same net adapting every tensor.",
+        "conv4-maml: the same net adapting every tensor. Compiled ÷ eager: the batched calls through "
+        "`torch.compile` (`--compile`, the service's `METASERVE_COMPILE`) over the same calls eager.",
         "",
         *table(header, rows),
         "",
@@ -161,6 +187,12 @@ def main() -> None:
         "--sessions", type=int, nargs="+", default=[64], help="sessions per batch (GPU: 1 64 1024)"
     )
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument(
+        "--workloads", nargs="+", default=["sinusoid", "glyphs", "conv4-maml"], help="which to run"
+    )
+    ap.add_argument(
+        "--compile", action="store_true", help="also time the batched calls through torch.compile"
+    )
     ap.add_argument(
         "--out", type=Path, default=None, help="writes OUT.{json,md} (default bench/results/batched-DEVICE)"
     )
