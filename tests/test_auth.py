@@ -4,6 +4,7 @@ is open; the first start's admin key file; and ``metaserve keys`` create, list a
 
 from __future__ import annotations
 
+import asyncio
 import stat
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -14,10 +15,11 @@ from fastapi import FastAPI
 from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
 
+from app.api.auth import KeyCache
 from app.cli import app as cli
 from app.config import Settings, get_settings
 from app.db.engine import make_engine, make_session_factory
-from app.keys import ADMIN_KEY_FILE, create_key
+from app.keys import ADMIN_KEY_FILE, Caller, create_key
 from app.main import create_app
 from tests.conftest import http_to, sinusoid_only
 from tests.test_datasets import labelled, npz
@@ -184,3 +186,25 @@ async def test_with_auth_off_no_key_is_needed_and_no_admin_key_is_made(tmp_path:
         assert (await http.post("/adapt", json={"support": {"x": x, "y": y}})).status_code == 200
         assert (await http.post("/models/sinusoid/promote", json={"version": 1})).status_code == 200
     assert not (tmp_path / ADMIN_KEY_FILE).exists()
+
+
+async def test_requests_that_find_a_key_expired_together_share_one_query(
+    database: sessionmaker[Session], keys: dict[str, str]
+) -> None:
+    now, asked = [0.0], []
+
+    class Counted(KeyCache):
+        def verified(self, key: str) -> Caller | None:
+            asked.append(key)
+            return super().verified(key)
+
+    cache = Counted(database, ttl=5, clock=lambda: now[0])
+    together = await asyncio.gather(*(cache.checked(keys["alice"]) for _ in range(32)))
+    assert len(asked) == 1 and {c.name for c in together if c is not None} == {"alice"}
+    assert await cache.checked(keys["alice"]) == together[0] and len(asked) == 1, "trusted for ttl seconds"
+    now[0] = 5.5
+    await asyncio.gather(*(cache.checked(keys["alice"]) for _ in range(32)))
+    assert len(asked) == 2, "once expired, asked again, once"
+    wrong = keys["alice"][:-4] + "xxxx"
+    assert await asyncio.gather(cache.checked(wrong), cache.checked(wrong)) == [None, None]
+    assert await cache.checked(wrong) is None and len(asked) == 4, "a refused key is never remembered"

@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
 from collections.abc import Callable
 
+from anyio import to_thread
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
@@ -31,6 +33,20 @@ class KeyCache:
     ) -> None:
         self._factory, self.ttl, self._clock = factory, ttl, clock
         self._known: dict[str, tuple[Caller, float]] = {}
+        self._asked: dict[str, asyncio.Future[Caller | None]] = {}
+
+    async def checked(self, key: str) -> Caller | None:
+        """``cached``, else ``verified`` in a thread. Requests that find a key expired together wait for
+        one query: 64 clients on one key sent 64 queries (and opened as many connections) each ``ttl``."""
+        found = self.cached(key)
+        if found is not None:
+            return found
+        digest = _digest(key)
+        asked = self._asked.get(digest)
+        if asked is None:
+            asked = self._asked[digest] = asyncio.ensure_future(to_thread.run_sync(self.verified, key))
+            asked.add_done_callback(lambda _: self._asked.pop(digest, None))
+        return await asyncio.shield(asked)  # a caller that leaves does not cancel the others' query
 
     def cached(self, key: str) -> Caller | None:
         """The caller of ``key`` if it was verified less than ``ttl`` seconds ago, else None."""

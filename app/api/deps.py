@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from anyio import to_thread
 from fastapi import Depends, HTTPException, Request, Security, status
 from fastapi.security import APIKeyHeader
 from starlette.datastructures import State
@@ -108,7 +107,7 @@ async def caller(request: Request, key: Annotated[str | None, Security(_API_KEY)
 async def _verified(keys: KeyCache, key: str | None) -> Caller:
     if not key:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "send an API key in X-API-Key", _UNAUTHORIZED)
-    found = keys.cached(key) or await to_thread.run_sync(keys.verified, key)
+    found = await keys.checked(key)
     if found is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "unknown or revoked API key", _UNAUTHORIZED)
     return found
