@@ -28,6 +28,8 @@ SCRIPT = ROOT / "bench" / "wrk" / "load.lua"
 SESSIONS = 256
 """Sessions opened per model before the load: each client's calls land on many different sessions."""
 TARGETS = {"predict_of_ceiling": 0.70, "adapt_of_ceiling": 0.50, "glyph_predict_on_off": 1.5}
+Load = tuple[str, list[dict[str, Any]] | None]
+"""A path and the bodies wrk posts to it in turn (None: GET)."""
 
 
 def wrk(
@@ -68,55 +70,82 @@ def supports(count: int, seed: int = 0) -> tuple[list[dict[str, Any]], list[dict
     return sinusoids, glyphs
 
 
-def run_server(batching: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Every load on one server with batching ``on`` or ``off``."""
-    sinusoids, glyphs = supports(SESSIONS)
-    found: dict[str, Any] = {"batching": batching}
-    with (
-        served(batching=batching) as server,
-        Client(server.url, timeout=60, api_key=server.headers.get("X-API-Key")) as client,
-    ):
+def loads(server: Server, sinusoids: list[dict[str, Any]], glyphs: list[dict[str, Any]]) -> dict[str, Load]:
+    """The path and bodies of each load on ``server``, after opening its sessions."""
+    with Client(server.url, timeout=60, api_key=server.headers.get("X-API-Key")) as client:
         sinusoid_sessions = [
             client.adapt(b["support"]["x"], b["support"]["y"], model="sinusoid").session_id for b in sinusoids
         ]
         glyph_sessions = [
             client.adapt(b["support"]["x"], b["support"]["y"], model="glyphs").session_id for b in glyphs[:64]
         ]
-        queries = [i / 10 - 5 for i in range(10)]
-        predicts = [{"session_id": s, "x": queries} for s in sinusoid_sessions]
-        glyph_predicts = [{"session_id": s, "x": strokes(2, seed=7)} for s in glyph_sessions]
-        found["health"] = wrk(server, "/health/live", 64, args.seconds, None)
-        found["predict"] = [wrk(server, "/predict", c, args.seconds, predicts) for c in args.clients]
-        found["adapt"] = [wrk(server, "/adapt", c, args.seconds, sinusoids) for c in args.clients]
-        found["glyph_predict"] = wrk(server, "/predict", 64, args.seconds, glyph_predicts)
-    return found
-
-
-def at(runs: list[dict[str, Any]], clients: int) -> dict[str, Any]:
-    return next(r for r in runs if r["clients"] == clients)
+    queries = [i / 10 - 5 for i in range(10)]
+    return {
+        "health": ("/health/live", None),
+        "predict": ("/predict", [{"session_id": s, "x": queries} for s in sinusoid_sessions]),
+        "adapt": ("/adapt", sinusoids),
+        "glyph_predict": ("/predict", [{"session_id": s, "x": strokes(2, seed=7)} for s in glyph_sessions]),
+    }
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Both servers up at once, every row measured ``rounds`` times, on and off in turn (whichever went
+    first goes second the next round): this VM's speed drifts by a quarter within minutes, so only
+    figures taken side by side make fair ratios. Each row keeps its median run."""
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk (or make bench-serve installs it)")
-    servers = {batching: run_server(batching, args) for batching in ("on", "off")}
-    on, off = servers["on"], servers["off"]
-    ceiling = on["health"]["requests_per_s"]
+    sinusoids, glyphs = supports(SESSIONS)
+    plan = [("health", 64), *(("predict", c) for c in args.clients), *(("adapt", c) for c in args.clients),
+            ("glyph_predict", 64)]  # fmt: skip
+    taken: dict[str, dict[tuple[str, int], list[dict[str, Any]]]] = {"on": {}, "off": {}}
+    with served(batching="on") as on, served(batching="off") as off:
+        sides = {"on": (on, loads(on, sinusoids, glyphs)), "off": (off, loads(off, sinusoids, glyphs))}
+        for round_ in range(args.rounds):
+            for key, clients in plan:
+                for side in ("on", "off") if round_ % 2 == 0 else ("off", "on"):
+                    server, paths = sides[side]
+                    path, bodies = paths[key]
+                    run = wrk(server, path, clients, args.seconds, bodies)
+                    taken[side].setdefault((key, clients), []).append(run)
+    servers: dict[str, dict[str, Any]] = {}
+    for side, rows in taken.items():
+        found: dict[str, Any] = {"batching": side}
+        for (key, _), runs in rows.items():
+            row = {**median_run(runs), "errors": sum(r["errors"] for r in runs), "rounds": len(runs)}
+            if key in ("predict", "adapt"):
+                found.setdefault(key, []).append(row)
+            else:
+                found[key] = row
+        servers[side] = found
+    on_runs, off_runs = servers["on"], servers["off"]
+    ceiling = on_runs["health"]["requests_per_s"]
     ratios = {
-        "predict_of_ceiling": at(on["predict"], 64)["requests_per_s"] / ceiling,
-        "adapt_of_ceiling": at(on["adapt"], 64)["requests_per_s"] / ceiling,
-        "glyph_predict_on_off": on["glyph_predict"]["requests_per_s"]
-        / off["glyph_predict"]["requests_per_s"],
-        "predict_on_off": at(on["predict"], 64)["requests_per_s"] / at(off["predict"], 64)["requests_per_s"],
-        "adapt_on_off": at(on["adapt"], 64)["requests_per_s"] / at(off["adapt"], 64)["requests_per_s"],
+        "predict_of_ceiling": at(on_runs["predict"], 64)["requests_per_s"] / ceiling,
+        "adapt_of_ceiling": at(on_runs["adapt"], 64)["requests_per_s"] / ceiling,
+        "glyph_predict_on_off": on_runs["glyph_predict"]["requests_per_s"]
+        / off_runs["glyph_predict"]["requests_per_s"],
+        "predict_on_off": at(on_runs["predict"], 64)["requests_per_s"]
+        / at(off_runs["predict"], 64)["requests_per_s"],
+        "adapt_on_off": at(on_runs["adapt"], 64)["requests_per_s"]
+        / at(off_runs["adapt"], 64)["requests_per_s"],
     }
     return {
         "machine": machine(),
         "seconds": args.seconds,
+        "rounds": args.rounds,
         "servers": servers,
         "ratios": ratios,
         "targets": {k: {"target": v, "met": ratios[k] >= v} for k, v in TARGETS.items()},
     }
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median throughput (the lower middle one of an even count), latencies with it."""
+    return sorted(runs, key=lambda r: r["requests_per_s"])[(len(runs) - 1) // 2]
+
+
+def at(runs: list[dict[str, Any]], clients: int) -> dict[str, Any]:
+    return next(r for r in runs if r["clients"] == clients)
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -140,8 +169,9 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join([
         f"# Serving under load, {info['date']}, commit {info['commit']}",
         "",
-        f"{info['cpu']}. One `metaserve serve` (one uvicorn worker) per setting, `METASERVE_BATCHING=on` "
-        f"then `off`; wrk (1 thread) on the same machine, {report['seconds']:g} s per row. Each /predict "
+        f"{info['cpu']}. Two `metaserve serve` (one uvicorn worker each), `METASERVE_BATCHING=on` and "
+        f"`off`, up at once; wrk (1 thread) on the same machine, {report['seconds']:g} s per run, each row "
+        f"run {report['rounds']} times on each server in turn and its median run kept. Each /predict "
         "names one of 256 sinusoid sessions (10 query points) or 64 glyph sessions (2 query images), in "
         "turn; each /adapt posts one of 256 fresh 10-point sinusoids. The ceiling is the same server's "
         "GET /health/live under 64 clients.",
@@ -158,7 +188,8 @@ def markdown(report: dict[str, Any]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seconds", type=int, default=5, help="length of each wrk run")
+    ap.add_argument("--seconds", type=int, default=3, help="length of each wrk run")
+    ap.add_argument("--rounds", type=int, default=3, help="runs of each row on each server, in turn")
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 16, 64, 256])
     ap.add_argument(
         "--out", type=Path, default=ROOT / "bench" / "results" / "load-cpu", help="writes OUT.{json,md}"
