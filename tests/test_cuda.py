@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from app.meta import ALGORITHMS, InnerLoop, Learner, TaskBatch, adapt, build_algorithm, vectorizes
+from app.meta.stacked import adapt_many, predict_many
 from tests.conftest import leaf_params, meta_params, reference_meta_gradient, relative_error, requires_cuda
 
 pytestmark = [requires_cuda, pytest.mark.cuda]
@@ -53,3 +54,18 @@ def test_gpu_compiled_adaptation_matches_eager(sinusoid_learner: Learner, sinuso
     eager = adapt(sinusoid_learner, params, x, y, InnerLoop(5, 0.01))
     compiled = adapt(sinusoid_learner, params, x, y, InnerLoop(5, 0.01), compiled=True)
     assert all(torch.allclose(eager[k], compiled[k], rtol=1e-4, atol=1e-5) for k in params)
+
+
+def test_gpu_batched_predictions_reach_the_host_equal_to_each_alone(
+    sinusoid_learner: Learner, generator: torch.Generator
+) -> None:
+    params = {k: v.detach().cuda() for k, v in sinusoid_learner.net.named_parameters()}
+    supports = [(torch.randn(n, 1, generator=generator).cuda(), torch.randn(n, 1, generator=generator).cuda())
+                for n in (5, 5, 7)]  # fmt: skip
+    sessions = [a.changed for a in adapt_many(sinusoid_learner, params, supports, InnerLoop(1, 0.01))]
+    queries = [torch.randn(n, 1, generator=generator).cuda() for n in (3, 100, 1)]
+    outputs = predict_many(sinusoid_learner, params, sessions, queries, to=torch.device("cpu"))
+    for changed, x, out in zip(sessions, queries, outputs, strict=True):
+        assert out.device.type == "cpu"
+        expected = sinusoid_learner.predict({**params, **changed}, x).cpu()
+        torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)  # CUDA rounds stacked matmuls apart

@@ -48,10 +48,12 @@ def predict_many(
     changed: Sequence[Params],
     xs: Sequence[Tensor],
     compile_forward: bool = False,
+    to: torch.device | None = None,
 ) -> list[Tensor]:
     """The outputs for each query set ``xs[i]`` of the parameters ``{**base, **changed[i]}``; each
     ``changed[i]`` holds the same names (a session's adapted tensors, or none for the initialization).
-    ``compile_forward`` runs the forward passes through ``torch.compile``."""
+    ``compile_forward`` runs the forward passes through ``torch.compile``; ``to`` moves the outputs there
+    with one copy per batch, not one per set (a GPU's answers wanted on the host)."""
     forward = compiled_form(_forward) if compile_forward else _forward
     if len(changed) != len(xs):
         raise ValueError(f"give one query set per parameter set: {len(changed)} sets, {len(xs)} query sets")
@@ -61,6 +63,7 @@ def predict_many(
             x = _batch([xs[i] for i in group])
             sets = [changed[i] for i in group]
             out = forward(learner, {**base, **(sets[0] if len(group) == 1 else stack(sets))}, x)
+            out = out if to is None else out.to(to)
             rows = [out] if len(group) == 1 else out.unbind()
             for row, i in zip(rows, group, strict=True):
                 size = xs[i].shape[0]  # not len(): Tensor.__len__ is a Python call

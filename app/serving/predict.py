@@ -12,6 +12,7 @@ from torch import Tensor
 
 from app.meta import Params
 from app.meta.stacked import predict_many
+from app.serving.cache import CPU
 from app.serving.errors import Conflict
 from app.serving.examples import Label, query_tensor
 from app.serving.registry import LoadedModel, Registry
@@ -70,7 +71,7 @@ def answer_many(
     for (ref, _), members in batches.items():
         model = models[ref]
         sets, xs = [c for _, c, _, _ in members], [x for _, _, x, _ in members]
-        outputs = predict_many(model.learner, model.params, sets, xs, store.settings.compile)
+        outputs = predict_many(model.learner, model.params, sets, xs, store.settings.compile, CPU)
         for (i, _, _, labels), out in zip(members, outputs, strict=True):
             try:
                 results[i] = Answer(model, queries[i].session_id, _answers(model, out, labels))
