@@ -49,6 +49,7 @@ def test_ragged_support_sets_adapt_as_each_alone(
 ) -> None:
     supports = regression_sets([5, 10, 1, 7, 10], generator)
     assert_each_alone(sinusoid_learner, supports, InnerLoop(3, 0.01))
+    assert_each_alone(sinusoid_learner, supports, InnerLoop(3, 0.01, adapts="head"))
 
 
 @pytest.fixture(params=["stacked", "alone"])

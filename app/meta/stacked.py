@@ -80,22 +80,26 @@ def adapt_many(
 ) -> list[Adaptation]:
     """Adapt ``params`` to each support set ``(x, y)`` with the same inner loop, with no meta-gradient,
     for sets the caller has already checked (``Learner.check``); ``compile_steps`` runs the inner steps
-    through ``torch.compile``."""
+    through ``torch.compile``. When only the head adapts (ANIL), the body runs once per set as it runs
+    best here, then every head's steps run as one batch: a head treats examples independently, so sets of
+    any sizes pad, and conv bodies that run set by set on a CPU still share their heads' steps."""
     steps = compiled_form(final_params) if compile_steps else final_params
     results: list[Adaptation | None] = [None] * len(supports)
     xs = [x for x, _ in supports]
     with torch.no_grad():
-        for group in _groups(learner, xs):
+        features = _features(learner, params, xs) if inner.adapts == "head" else None
+        groups = [list(range(len(xs)))] if features is not None and xs else _groups(learner, xs)
+        for group in groups:
             x, y = _batch([xs[i] for i in group]), _batch([supports[i][1] for i in group])
             sizes = [xs[i].shape[0] for i in group]
             mask = None
             if min(sizes) != max(sizes):
                 lengths = torch.tensor(sizes, device=x.device)
                 mask = (torch.arange(x.shape[1], device=x.device) < lengths[:, None]).to(x.dtype)
-            if inner.adapts == "head":  # the body's output is the same before, during and after
-                features = learner.features(params, x)
-                adapted = steps(learner, params, x, y, inner, "none", mask, features)
-                losses = [learner.head_losses(p, features, y, mask) for p in (params, adapted)]
+            if features is not None:  # the body's output is the same before, during and after
+                seen = _batch([features[i] for i in group])
+                adapted = steps(learner, params, x, y, inner, "none", mask, seen)
+                losses = [learner.head_losses(p, seen, y, mask) for p in (params, adapted)]
             else:
                 adapted = steps(learner, params, x, y, inner, "none", mask)
                 losses = [learner.losses(p, x, y, mask) for p in (params, adapted)]
@@ -106,6 +110,16 @@ def adapt_many(
                 changed = {k: tensors[row] for k, tensors in rows.items()}
                 results[i] = Adaptation(changed, before[row], after[row])
     return [r for r in results if r is not None]
+
+
+def _features(learner: Learner, params: Params, xs: Sequence[Tensor]) -> list[Tensor]:
+    """The body's output on each set, the sets batched as ``_groups`` allows."""
+    found: list[Tensor] = [torch.empty(0)] * len(xs)
+    for group in _groups(learner, xs):
+        out = learner.features(params, _batch([xs[i] for i in group]))
+        for row, i in zip([out] if len(group) == 1 else out.unbind(), group, strict=True):
+            found[i] = row[: xs[i].shape[0]]  # a padded set's rows past its own are padding
+    return found
 
 
 def _forward(learner: Learner, params: Params, x: Tensor) -> Tensor:
