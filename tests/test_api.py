@@ -234,6 +234,39 @@ async def test_garbage_gets_a_4xx_never_a_5xx(
     assert response.json()["detail"]
 
 
+@pytest.mark.parametrize("path", ["/adapt", "/predict"])
+async def test_the_lean_routes_read_bodies_as_fastapi_does(http: httpx.AsyncClient, path: str) -> None:
+    """/adapt and /predict skip FastAPI's handler (`app.api.lean`), not its answers to bad bodies."""
+    form = await http.post(path, content=b'{"model": "sinusoid"}', headers={"content-type": "text/plain"})
+    assert form.status_code == 422 and form.json()["detail"][0]["loc"] == ["body"], form.text
+    assert "application/json" in form.json()["detail"][0]["msg"]
+    undecodable = await http.post(
+        path, content=b'{"x": "\xff\xfe"}', headers={"content-type": "application/json"}
+    )
+    assert undecodable.status_code == 400, undecodable.text
+    broken = await http.post(
+        path, content=b'{"x": [1,', headers={"content-type": "application/json; charset=utf-8"}
+    )
+    assert broken.status_code == 422 and broken.json()["detail"][0]["type"] == "json_invalid", broken.text
+    keyless = await http.post(
+        path, content=b"{", headers={"content-type": "application/json", "X-API-Key": ""}
+    )
+    assert keyless.status_code == 401, "the key is checked before the body is read"
+
+
+async def test_the_lean_routes_are_documented_like_the_others(http: httpx.AsyncClient) -> None:
+    paths = (await http.get("/openapi.json")).json()["paths"]
+    for path, model, answer in (
+        ("/adapt", "AdaptRequest", "Session"),
+        ("/predict", "PredictRequest", "Prediction"),
+    ):
+        operation = paths[path]["post"]
+        assert operation["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(model)
+        assert operation["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith(answer)
+        assert operation["security"] == [{"APIKeyHeader": []}]
+        assert {"401", "404", "422", "429", "503"} <= set(operation["responses"])
+
+
 @pytest.mark.parametrize(
     "body",
     [

@@ -1,6 +1,6 @@
 """Dependencies of the routes as ``Annotated`` aliases: the caller (its API key checked and rate-limited),
-the settings, the loaded models, the sessions, the batchers of /adapt and /predict, the datasets and the
-jobs."""
+the settings, the loaded models, the sessions, the datasets and the jobs. /adapt and /predict call
+``caller`` themselves (``app.api.lean``) and take their batchers from the app's state."""
 
 from __future__ import annotations
 
@@ -17,18 +17,14 @@ from app.config import Settings
 from app.datasets import DatasetStore
 from app.jobs.store import JobStore
 from app.keys import Caller
-from app.serving import Registry, SessionRecord, SessionStore
-from app.serving.batcher import Batcher
-from app.serving.predict import Answer, Query
-from app.serving.sessions import SupportSet
+from app.serving import Registry, SessionStore
 
 __all__ = [
-    "AdaptingDep",
+    "API_KEY_HEADER",
     "AdminDep",
     "CallerDep",
     "DatasetStoreDep",
     "JobStoreDep",
-    "PredictingDep",
     "RegistryDep",
     "SettingsDep",
     "StoreDep",
@@ -77,11 +73,10 @@ RegistryDep = Annotated[Registry, Depends(_served("registry"))]
 StoreDep = Annotated[SessionStore, Depends(_served("store"))]
 DatasetStoreDep = Annotated[DatasetStore, Depends(_served("datasets"))]
 JobStoreDep = Annotated[JobStore, Depends(_served("jobs"))]
-AdaptingDep = Annotated[Batcher[SupportSet, SessionRecord], Depends(_served("adapting"))]
-PredictingDep = Annotated[Batcher[Query, Answer], Depends(_served("predicting"))]
 
+API_KEY_HEADER = "X-API-Key"
 _API_KEY = APIKeyHeader(
-    name="X-API-Key", auto_error=False, description="An API key from `metaserve keys create`."
+    name=API_KEY_HEADER, auto_error=False, description="An API key from `metaserve keys create`."
 )
 _UNAUTHORIZED = {"WWW-Authenticate": "ApiKey"}
 

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from app.api.deps import AdaptingDep, CallerDep, RegistryDep, caller_gone
+from app.api.deps import CallerDep, caller_gone
 from app.api.errors import invalid_fields, problems
+from app.api.lean import LeanRoute
 from app.api.routes.sessions import session_view
 from app.api.schemas import AdaptRequest, Session
+from app.serving import Registry, SessionRecord
+from app.serving.batcher import Batcher
 from app.serving.sessions import SupportSet
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["sessions"])
+router = APIRouter(tags=["sessions"], route_class=LeanRoute)
 
 
 def _session_link(operation: str, **link: object) -> dict[str, object]:
@@ -30,11 +33,11 @@ LINKS = {
 
 
 @router.post("/adapt", responses={200: {"links": LINKS}, **problems(400, 404, 413, 503)})
-async def adapt(
-    body: AdaptRequest, request: Request, registry: RegistryDep, adapting: AdaptingDep, caller: CallerDep
-) -> Session:
+async def adapt(request: Request, body: AdaptRequest, caller: CallerDep) -> Session:
     """Adapt `model` (the default model when omitted) to the support set with `steps` inner steps of `lr`
     (the model card's when omitted); the session keeps the adapted parameters for POST /predict."""
+    registry: Registry = request.app.state.registry
+    adapting: Batcher[SupportSet, SessionRecord] = request.app.state.adapting
     model = registry.get(body.model)
     support = SupportSet(model, body.support.x, body.support.y, body.steps, body.lr, caller.id)
     # Concurrent calls on one model adapt as one batch, in a thread: the event loop is never blocked.
