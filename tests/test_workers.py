@@ -73,6 +73,8 @@ def test_two_workers_migrate_once_serve_each_others_sessions_and_one_runs_the_jo
                     answer = client.predict(query_x.tolist(), session_id=session_id).predictions
                     answers[session_id].add(tuple(answer))
                     calls.append(session_id)
+                # A request's line is logged once its answer has gone out: wait for the last one.
+                until(lambda: len(callers(log)) == len(calls), "every call's log line")
                 served = defaultdict(set)
                 for session, pid in zip(calls, callers(log), strict=True):
                     served[session].add(pid)

@@ -28,7 +28,8 @@ _JSON = re.compile(r"application/([\w.-]+\+)?json\s*(;.*)?", re.IGNORECASE)
 
 
 class LeanRoute(APIRoute):
-    """An ``APIRoute`` documented from its endpoint, served by ``handler`` below."""
+    """An ``APIRoute`` documented from its endpoint, served by ``handler`` below. FastAPI runs none of its
+    dependencies, the router's included: the key is the one check, and ``handler`` makes it."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         endpoint, status_code = self.endpoint, self.status_code or 200
