@@ -91,7 +91,8 @@ class MaxPool2d(nn.MaxPool2d):
 
     def _halves(self) -> bool:
         """Whether this is the plain 2x2, stride-2 pool that ``_halve`` computes."""
-        plain = self.padding in (0, (0, 0)) and self.dilation in (1, (1, 1)) and not self.ceil_mode
+        plain = self.padding in (0, (0, 0)) and self.dilation in (1, (1, 1))
+        plain = plain and not (self.ceil_mode or self.return_indices)
         return plain and self.kernel_size in (2, (2, 2)) and self.stride in (2, (2, 2))
 
 
