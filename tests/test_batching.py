@@ -8,7 +8,7 @@ import json
 import math
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from fastapi import FastAPI
 
 from app.config import Settings
 from app.main import create_app
-from app.serving.batcher import Batcher
+from app.serving.batcher import WATCH_AFTER_SECONDS, Batcher
 from app.serving.errors import CallerGone, Overloaded, TimedOut
 from tests.test_serving import GREEK, sinusoid, strokes
 
@@ -94,12 +94,34 @@ async def test_a_call_whose_caller_left_is_dropped_unrun() -> None:
     assert ran == [1, 3] and batcher.stats.abandoned == 1
 
 
+async def test_calls_answered_quickly_never_watch_for_their_callers() -> None:
+    watched: list[int] = []
+
+    def gone(i: int) -> Callable[[], Awaitable[None]]:
+        async def left() -> None:
+            watched.append(i)
+            await asyncio.Event().wait()
+
+        return left
+
+    batcher: Batcher[int, int] = Batcher(doubled, max_batch=8)
+    assert await asyncio.gather(*(batcher.submit(2 * i, gone(i)) for i in range(20))) == [
+        4 * i for i in range(20)
+    ]
+    await asyncio.sleep(2 * WATCH_AFTER_SECONDS)
+    assert watched == [], "a watcher (a task reading the connection) only for a call that waits"
+    await batcher.close()
+
+
 # Through the HTTP API of a started service.
 
 
 @pytest.fixture(scope="module")
 async def service(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[FastAPI]:
-    settings = Settings(data_dir=tmp_path_factory.mktemp("data"), models_dir=MODELS, max_batch_delay_ms=20)
+    # Steps past the default limit let one adaptation hold the batcher for a second (see below).
+    settings = Settings(
+        data_dir=tmp_path_factory.mktemp("data"), models_dir=MODELS, max_batch_delay_ms=20, max_steps=2000
+    )
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         yield app
@@ -175,11 +197,11 @@ async def test_a_bad_call_fails_alone_in_its_batch(http: httpx.AsyncClient) -> N
 
 async def test_a_full_queue_answers_503_with_retry_after(service: FastAPI, http: httpx.AsyncClient) -> None:
     predicting = service.state.predicting
-    predicting.in_flight += predicting.max_queue  # as if the queue were full
+    bound, predicting.max_queue = predicting.max_queue, 0  # as if the queue were full
     try:
         refused = await http.post("/predict", json={"model": "sinusoid", "x": [0.0]})
     finally:
-        predicting.in_flight -= predicting.max_queue
+        predicting.max_queue = bound
     assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
     assert (await http.post("/predict", json={"model": "sinusoid", "x": [0.0]})).status_code == 200
 
@@ -225,9 +247,10 @@ async def test_an_adapt_whose_client_left_opens_no_session(service: FastAPI, htt
         "state": {},
         "app": service,
     }
-    # A long adaptation holds the batcher, so the call waits in the queue when its client hangs up.
+    # A long adaptation holds the batcher, so the call waits in the queue when its client hangs up, longer
+    # than the batcher takes to watch for that (WATCH_AFTER_SECONDS).
     long_x = [i / 100 - 5 for i in range(1000)]
-    long = {"model": "sinusoid", "support": {"x": long_x, "y": [math.sin(v) for v in long_x]}, "steps": 100}
+    long = {"model": "sinusoid", "support": {"x": long_x, "y": [math.sin(v) for v in long_x]}, "steps": 2000}
     adapting = service.state.adapting
     holding = asyncio.ensure_future(http.post("/adapt", json=long))
     while adapting.in_flight == 0 or adapting.waiting:  # until its batch is running

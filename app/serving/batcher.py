@@ -5,14 +5,16 @@ thread, then hands each caller its own result or error.
 An idle batcher waits for company only when its last batch had some, so a lone caller never waits.
 The queue is the service's backpressure: a call beyond ``max_queue`` waiting or running is refused at
 once (``Overloaded``), one that waits longer than ``timeout`` is given up (``TimedOut``), and one whose
-caller has gone is dropped before it runs. With batching off each call runs alone in a thread, under the
-same bound and timeout: the baseline the benchmarks compare against.
+caller has gone (watched for once it has waited ``WATCH_AFTER_SECONDS``) is dropped before it runs.
+With batching off each call runs alone in a thread, under the same bound and timeout: the baseline the
+benchmarks compare against.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -26,6 +28,10 @@ __all__ = ["Batcher", "BatcherStats"]
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 RETRY_AFTER_SECONDS = 1
+WATCH_AFTER_SECONDS = 0.05
+"""How long a call waits before its caller's departure is watched for, and how often the batcher checks
+its calls' timeouts. A watcher is a task that reads the connection: one per call would cost more than a
+quick call's answer, and a call answered sooner than this never needs one."""
 
 
 @dataclass
@@ -39,15 +45,32 @@ class BatcherStats:
     abandoned: int = 0
 
 
-@dataclass
-class _Waiting(Generic[Item, Result]):
-    item: Item
-    future: asyncio.Future[Result]
+class _Call(Generic[Item, Result]):
+    """One submitted call: its item, the future its caller awaits (set by its batch, or failed when it is
+    given up), when it came, and what tells of its caller's departure."""
+
+    __slots__ = ("came", "future", "gone", "item", "running", "watcher")
+
+    def __init__(
+        self,
+        item: Item,
+        future: asyncio.Future[Result],
+        came: float,
+        gone: Callable[[], Awaitable[object]] | None,
+    ) -> None:
+        self.item, self.future, self.came, self.gone = item, future, came, gone
+        self.running: asyncio.Future[Result] | None = None  # the thread running it alone (batching off)
+        self.watcher: asyncio.Future[object] | None = None
 
 
 class Batcher(Generic[Item, Result]):
     """Runs ``run`` (items to one result or exception per item, in order) on batches of concurrent
-    calls. Create and use it on one event loop; ``close`` stops its worker."""
+    calls. Create and use it on one event loop; ``close`` stops its worker.
+
+    A call costs no timer or task of its own: one tick while calls are out gives up those past the timeout
+    and watches for the departure of callers that have waited ``WATCH_AFTER_SECONDS``. Per-call timers
+    lingered in the loop's heap for the whole timeout, and the garbage collector's full passes over them
+    cost a batched /predict as much as its answer (bench/README.md)."""
 
     def __init__(
         self,
@@ -67,16 +90,22 @@ class Batcher(Generic[Item, Result]):
             timeout,
         )
         self.stats = BatcherStats()
-        self.in_flight = 0
-        self._queue: collections.deque[_Waiting[Item, Result]] = collections.deque()
-        self._arrived = asyncio.Event()
+        self._queue: collections.deque[_Call[Item, Result]] = collections.deque()
+        self._out: dict[_Call[Item, Result], None] = {}  # every call not yet answered, oldest first
+        self._full: asyncio.Future[None] | None = None  # the worker's wait for company, if it waits
         self._worker: asyncio.Task[None] | None = None
+        self._tick: asyncio.TimerHandle | None = None
         self._last_size = 0
 
     @property
     def waiting(self) -> int:
         """Calls queued and not yet taken into a batch."""
         return len(self._queue)
+
+    @property
+    def in_flight(self) -> int:
+        """Calls waiting or running: what ``max_queue`` bounds."""
+        return len(self._out)
 
     async def submit(self, item: Item, gone: Callable[[], Awaitable[object]] | None = None) -> Result:
         """The result of ``item`` (or its error, raised); ``gone`` completes if the caller disconnects,
@@ -86,74 +115,74 @@ class Batcher(Generic[Item, Result]):
             raise Overloaded(
                 f"{self.in_flight} calls are waiting or running; try again shortly", RETRY_AFTER_SECONDS
             )
-        self.in_flight += 1
+        loop = asyncio.get_running_loop()
+        call = _Call(item, loop.create_future(), loop.time(), gone)
+        self._out[call] = None
+        if self._tick is None:
+            self._tick = loop.call_later(WATCH_AFTER_SECONDS, self._check)
         try:
-            return await self._wait(self._start(item), gone)
+            self._start(call)
+            return await call.future
         finally:
-            self.in_flight -= 1
+            del self._out[call]
+            if call.watcher is not None:
+                call.watcher.cancel()
 
     async def close(self) -> None:
         """Stop the worker; calls still queued fail with ``Overloaded``."""
         if self._worker is not None:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
+        if self._tick is not None:
+            self._tick.cancel()
+            self._tick = None
         while self._queue:
-            waiting = self._queue.popleft()
-            if not waiting.future.done():
-                waiting.future.set_exception(Overloaded("the service is stopping", RETRY_AFTER_SECONDS))
+            self._give_up(self._queue.popleft(), Overloaded("the service is stopping", RETRY_AFTER_SECONDS))
 
-    def _start(self, item: Item) -> asyncio.Future[Result]:
+    def _start(self, call: _Call[Item, Result]) -> None:
         if not self.batching:
-            return asyncio.ensure_future(to_thread.run_sync(self._alone, item))
-        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Waiting(item, future))
-        self._arrived.set()
+            call.running = asyncio.ensure_future(to_thread.run_sync(self._alone, call.item))
+            call.running.add_done_callback(lambda running: _settle(call.future, running))
+            return
+        self._queue.append(call)
+        if self._full is not None and len(self._queue) >= self.max_batch and not self._full.done():
+            self._full.set_result(None)
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._work())
-        return future
 
-    async def _wait(
-        self, future: asyncio.Future[Result], gone: Callable[[], Awaitable[object]] | None
-    ) -> Result:
-        """``future``'s result, unless the timeout or the caller's departure comes first: then the call is
-        cancelled (dropped, if still queued) and the wait fails. Plain callbacks, not ``asyncio.wait``:
-        this runs once per request on the event loop."""
-        outcome: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+    def _check(self) -> None:
+        """The tick: give up calls past the timeout, watch callers that have waited long enough, and tick
+        again while calls are out. Calls are in the order they came, so the young ones are never read."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for call in self._out:  # giving up or watching a call leaves it there until its caller is answered
+            if now - call.came < WATCH_AFTER_SECONDS:
+                break
+            if now - call.came >= self.timeout:
+                self.stats.timed_out += 1
+                self._give_up(
+                    call,
+                    TimedOut(
+                        f"no answer within {self.timeout:g} s; the service is busy", RETRY_AFTER_SECONDS
+                    ),
+                )
+            elif call.gone is not None and call.watcher is None:
+                call.watcher = asyncio.ensure_future(call.gone())
+                call.watcher.add_done_callback(functools.partial(self._abandoned, call))
+        self._tick = loop.call_later(WATCH_AFTER_SECONDS, self._check) if self._out else None
 
-        def settle(source: asyncio.Future[Result]) -> None:
-            if outcome.done() or source.cancelled():
-                return
-            error = source.exception()
-            if error is None:
-                outcome.set_result(source.result())
-            else:
-                outcome.set_exception(error)
+    def _abandoned(self, call: _Call[Item, Result], watcher: asyncio.Future[object]) -> None:
+        if not watcher.cancelled() and not call.future.done():
+            self.stats.abandoned += 1
+            self._give_up(call, CallerGone("the caller disconnected before the answer"))
 
-        def give_up(error: Exception) -> None:
-            if not outcome.done():
-                future.cancel()
-                outcome.set_exception(error)
-
-        future.add_done_callback(settle)
-        timer = asyncio.get_running_loop().call_later(self.timeout, self._timed_out, give_up)
-        watcher = None
-        if gone is not None:
-            watcher = asyncio.ensure_future(gone())
-            watcher.add_done_callback(lambda w: None if w.cancelled() else self._abandoned(give_up))
-        try:
-            return await outcome
-        finally:
-            timer.cancel()
-            if watcher is not None:
-                watcher.cancel()
-
-    def _timed_out(self, give_up: Callable[[Exception], None]) -> None:
-        self.stats.timed_out += 1
-        give_up(TimedOut(f"no answer within {self.timeout:g} s; the service is busy", RETRY_AFTER_SECONDS))
-
-    def _abandoned(self, give_up: Callable[[Exception], None]) -> None:
-        self.stats.abandoned += 1
-        give_up(CallerGone("the caller disconnected before the answer"))
+    @staticmethod
+    def _give_up(call: _Call[Item, Result], error: Exception) -> None:
+        """Fail the call with ``error``; a queued call is then skipped, one running alone is cancelled."""
+        if not call.future.done():
+            call.future.set_exception(error)
+        if call.running is not None:
+            call.running.cancel()
 
     def _alone(self, item: Item) -> Result:
         (result,) = self.run([item])
@@ -168,41 +197,58 @@ class Batcher(Generic[Item, Result]):
         loop = asyncio.get_running_loop()
         while self._queue:
             # Company is worth waiting for only under load, when the last batch had some: a lone caller
-            # goes at once.
-            deadline = loop.time() + (self.max_delay if self._last_size > 1 else 0.0)
-            while len(self._queue) < self.max_batch and (left := deadline - loop.time()) > 0:
-                self._arrived.clear()
+            # goes at once. One timer per batch, not a wake-up per arriving call.
+            if self._last_size > 1 and len(self._queue) < self.max_batch:
+                self._full = loop.create_future()
+                timer = loop.call_later(self.max_delay, _settle_none, self._full)
                 try:
-                    await asyncio.wait_for(self._arrived.wait(), left)
-                except TimeoutError:
-                    break
+                    await self._full
+                finally:
+                    timer.cancel()
+                    self._full = None
             batch = self._take()
             if batch:
                 await self._run_batch(batch)
 
-    def _take(self) -> list[_Waiting[Item, Result]]:
+    def _take(self) -> list[_Call[Item, Result]]:
         """Up to ``max_batch`` queued calls whose callers still wait."""
-        batch: list[_Waiting[Item, Result]] = []
+        batch: list[_Call[Item, Result]] = []
         while self._queue and len(batch) < self.max_batch:
-            waiting = self._queue.popleft()
-            if not waiting.future.done():
-                batch.append(waiting)
+            call = self._queue.popleft()
+            if not call.future.done():
+                batch.append(call)
         return batch
 
-    async def _run_batch(self, batch: list[_Waiting[Item, Result]]) -> None:
+    async def _run_batch(self, batch: list[_Call[Item, Result]]) -> None:
         try:
             results: Sequence[Result | Exception] = await to_thread.run_sync(
-                self.run, [w.item for w in batch]
+                self.run, [call.item for call in batch]
             )
         except Exception as error:  # the whole batch failed: every caller gets the error
             results = [error] * len(batch)
         self.stats.batches += 1
         self.stats.calls += len(batch)
         self._last_size = len(batch)
-        for waiting, result in zip(batch, results, strict=True):
-            if waiting.future.done():
+        for call, result in zip(batch, results, strict=True):
+            if call.future.done():
                 continue
             if isinstance(result, Exception):
-                waiting.future.set_exception(result)
+                call.future.set_exception(result)
             else:
-                waiting.future.set_result(result)
+                call.future.set_result(result)
+
+
+def _settle(future: asyncio.Future[Result], source: asyncio.Future[Result]) -> None:
+    """Pass ``source``'s outcome on to ``future``, unless that is already settled."""
+    if future.done() or source.cancelled():
+        return
+    error = source.exception()
+    if error is None:
+        future.set_result(source.result())
+    else:
+        future.set_exception(error)
+
+
+def _settle_none(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
