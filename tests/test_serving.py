@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save
+from safetensors.torch import load, load_file, save
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from torch import Tensor
@@ -40,7 +40,7 @@ from app.serving import (
     support_tensors,
 )
 from app.serving.errors import Conflict
-from app.serving.sessions import TOUCH_AT_MOST
+from app.serving.sessions import TOUCH_AT_MOST, _serialized
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 CPU = torch.device("cpu")
@@ -598,3 +598,11 @@ def test_inner_steps_and_learning_rates_outside_the_limits_are_refused(
 def test_bad_queries_are_refused_naming_the_field(registry: Registry, x: list[Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         query_tensor(registry.get("sinusoid"), x, 20)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_session_files_are_the_bytes_safetensors_torch_writes(dtype: torch.dtype) -> None:
+    tensors = {"head.weight": torch.randn(5, 64).to(dtype), "head.bias": torch.randn(5).to(dtype)}
+    written = _serialized(tensors)
+    assert written == save(tensors)
+    assert all(torch.equal(v, tensors[k]) for k, v in load(written).items())
