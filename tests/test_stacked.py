@@ -52,9 +52,10 @@ def test_ragged_support_sets_adapt_as_each_alone(
     assert_each_alone(sinusoid_learner, supports, InnerLoop(3, 0.01, adapts="head"))
 
 
-@pytest.fixture(params=["stacked", "alone"])
+@pytest.fixture(params=["stacked", "cpu"])
 def conv_form(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Conv nets run alone on a CPU; "stacked" runs them as on a GPU, so both paths are checked here."""
+    """On a CPU conv nets run set by set, or a few sets at once where they share their convolutions;
+    "stacked" runs them as on a GPU, so both paths are checked here."""
     if request.param == "stacked":
         monkeypatch.setattr("app.meta.stacked.vectorizes", lambda net, device: True)
     return str(request.param)
@@ -103,6 +104,30 @@ def test_batch_norm_queries_group_by_size(
     ]
     queries = [x for x, _ in image_sets([2, 8, 2, 8], generator)]
     outputs = predict_many(conv4_learner, params, heads, queries)
+    for changed, x, out in zip(heads, queries, outputs, strict=True):
+        torch.testing.assert_close(out, conv4_learner.predict({**params, **changed}, x), rtol=1e-4, atol=1e-5)
+
+
+def test_head_only_sessions_share_their_convolutions_in_batches_that_fit_the_cpu_caches(
+    conv4_learner: Learner, generator: torch.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Conv4 with 16 channels on 28x28 images: 12,544 first-layer values per image; room for 4 of them.
+    monkeypatch.setattr("app.meta.stacked.CPU_CONV_ACTIVATIONS", 4 * 16 * 28 * 28)
+    monkeypatch.setattr("app.meta.stacked.CPU_CONV_MIN_SETS", 2)
+    params = leaves(conv4_learner)
+    supports = image_sets([2, 2, 1, 2, 1, 2, 2, 1, 1], generator)
+    assert_each_alone(conv4_learner, supports, InnerLoop(2, 0.1, adapts="head"))
+    heads = [a.changed for a in adapt_many(conv4_learner, params, supports, InnerLoop(1, 0.1, adapts="head"))]
+    queries = [x for x, _ in image_sets([2, 1, 2, 2, 1, 2, 2, 2, 1], generator)]
+    sets_per_pass: list[int] = []
+
+    def counted(learner: Learner, p: dict[str, Tensor], x: Tensor) -> Tensor:
+        sets_per_pass.append(x.shape[0] if x.dim() == 5 else 1)
+        return learner.predict(p, x)
+
+    monkeypatch.setattr("app.meta.stacked._forward", counted)
+    outputs = predict_many(conv4_learner, params, heads, queries)
+    assert sorted(sets_per_pass) == [2, 2, 2, 3], "sets of 2 queries two at a time, the three of 1 at once"
     for changed, x, out in zip(heads, queries, outputs, strict=True):
         torch.testing.assert_close(out, conv4_learner.predict({**params, **changed}, x), rtol=1e-4, atol=1e-5)
 
