@@ -45,22 +45,17 @@ class BatcherStats:
     abandoned: int = 0
 
 
+@dataclass(eq=False, slots=True)
 class _Call(Generic[Item, Result]):
     """One submitted call: its item, the future its caller awaits (set by its batch, or failed when it is
-    given up), when it came, and what tells of its caller's departure."""
+    given up), when it came, and what tells of its caller's departure; hashed by identity."""
 
-    __slots__ = ("came", "future", "gone", "item", "running", "watcher")
-
-    def __init__(
-        self,
-        item: Item,
-        future: asyncio.Future[Result],
-        came: float,
-        gone: Callable[[], Awaitable[object]] | None,
-    ) -> None:
-        self.item, self.future, self.came, self.gone = item, future, came, gone
-        self.running: asyncio.Future[Result] | None = None  # the thread running it alone (batching off)
-        self.watcher: asyncio.Future[object] | None = None
+    item: Item
+    future: asyncio.Future[Result]
+    came: float
+    gone: Callable[[], Awaitable[object]] | None
+    running: asyncio.Future[Result] | None = None  # the thread running it alone (batching off)
+    watcher: asyncio.Future[object] | None = None
 
 
 class Batcher(Generic[Item, Result]):
