@@ -3,6 +3,7 @@ the probability of every label; concurrent queries on one model run as one batch
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -95,10 +96,11 @@ def _answers(model: LoadedModel, out: Tensor, label_map: Sequence[Label] | None)
     ``len(label_map)`` classes, named by ``label_map``; without one, over all classes, named 0..ways-1.
     Non-finite outputs are refused (finite logits give finite probabilities)."""
     out = out.float().cpu()
-    if not bool(torch.isfinite(out).all()):
+    values: list[list[float]] = out.tolist()  # checked in Python: a few floats cost less than torch calls
+    if not all(math.isfinite(v) for row in values for v in row):
         raise ValueError("x: the predictions are not finite; these inputs lie far outside what it knows")
     if model.kind == "regression":
-        answers: list[Any] = out.squeeze(-1).tolist() if model.ways == 1 else out.tolist()
+        answers: list[Any] = [row[0] for row in values] if model.ways == 1 else values
     else:
         labels = list(range(model.ways)) if label_map is None else list(label_map)
         probabilities = out[:, : len(labels)].softmax(-1)
