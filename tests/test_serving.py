@@ -606,3 +606,11 @@ def test_session_files_are_the_bytes_safetensors_torch_writes(dtype: torch.dtype
     written = _serialized(tensors)
     assert written == save(tensors)
     assert all(torch.equal(v, tensors[k]) for k, v in load(written).items())
+
+
+@pytest.mark.parametrize("name", ["sinusoid", "glyphs"])
+def test_predictions_that_overflow_are_refused_naming_x(registry: Registry, name: str) -> None:
+    model = registry.get(name)
+    huge = torch.full((2, *model.input_shape), 3e38)
+    with pytest.raises(ValueError, match=r"^x: the predictions are not finite"):
+        predict(model, model.params, huge)
