@@ -74,7 +74,11 @@ class SessionRecord:
         """The record of a ``sessions`` row (an ORM object or its column values), whose columns carry the
         same names."""
         value = row.__getitem__ if isinstance(row, Mapping) else functools.partial(getattr, row)
-        return cls(model=model, **{f.name: value(f.name) for f in fields(cls) if f.name != "model"})
+        return cls(model=model, **{name: value(name) for name in _COLUMNS})
+
+
+_COLUMNS = tuple(f.name for f in fields(SessionRecord) if f.name != "model")
+"""The record's fields that are columns of a ``sessions`` row, by the same names."""
 
 
 @dataclass(frozen=True)
