@@ -113,7 +113,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         ]
         # What startup made (torch, the app, the models) lives as long as the process: frozen, it is left
         # out of the collector's full passes, which walked its ~280,000 objects and cost a batched
-        # /predict 260 us of its 600 (bench/README.md).
+        # /predict 260 us of its 600 (bench/README.md). Frozen objects still go by reference counting; only
+        # a reference cycle among them (none in a replaced model's tensors) would outlive its use.
         gc.freeze()
         app.state.ready = True
         undrain = drain_on_sigterm(app.state, settings.drain_seconds)
