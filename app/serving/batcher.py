@@ -54,7 +54,7 @@ class _Call(Generic[Item, Result]):
     future: asyncio.Future[Result]
     came: float
     gone: Callable[[], Awaitable[object]] | None
-    running: asyncio.Future[Result] | None = None  # the thread running it alone (batching off)
+    running: asyncio.Future[None] | None = None  # its batch of one, with batching off
     watcher: asyncio.Future[object] | None = None
 
 
@@ -136,8 +136,7 @@ class Batcher(Generic[Item, Result]):
 
     def _start(self, call: _Call[Item, Result]) -> None:
         if not self.batching:
-            call.running = asyncio.ensure_future(to_thread.run_sync(self._alone, call.item))
-            call.running.add_done_callback(lambda running: _settle(call.future, running))
+            call.running = asyncio.ensure_future(self._run_batch([call]))
             return
         self._queue.append(call)
         if self._full is not None and len(self._queue) >= self.max_batch and not self._full.done():
@@ -178,14 +177,6 @@ class Batcher(Generic[Item, Result]):
             call.future.set_exception(error)
         if call.running is not None:
             call.running.cancel()
-
-    def _alone(self, item: Item) -> Result:
-        (result,) = self.run([item])
-        self.stats.batches += 1
-        self.stats.calls += 1
-        if isinstance(result, Exception):
-            raise result
-        return result
 
     async def _work(self) -> None:
         """Take batches off the queue and run them, one at a time, until the queue stays empty."""
@@ -231,17 +222,6 @@ class Batcher(Generic[Item, Result]):
                 call.future.set_exception(result)
             else:
                 call.future.set_result(result)
-
-
-def _settle(future: asyncio.Future[Result], source: asyncio.Future[Result]) -> None:
-    """Pass ``source``'s outcome on to ``future``, unless that is already settled."""
-    if future.done() or source.cancelled():
-        return
-    error = source.exception()
-    if error is None:
-        future.set_result(source.result())
-    else:
-        future.set_exception(error)
 
 
 def _settle_none(future: asyncio.Future[None]) -> None:
