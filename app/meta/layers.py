@@ -68,7 +68,7 @@ class BatchNorm2d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() == 4:
             return F.batch_norm(x, None, None, self.weight, self.bias, training=True, eps=self.eps)
-        if x.device.type == "cpu" and not (x.requires_grad and torch.is_grad_enabled()):
+        if _inference_on_cpu(x):
             return self._fused(x)
         var, mean = torch.var_mean(x, dim=(1, 3, 4), correction=0, keepdim=True)
         scale = _per_channel(self.weight) * torch.rsqrt(var + self.eps)
@@ -84,6 +84,12 @@ class BatchNorm2d(nn.Module):
         return out.view(n, tasks, channels, *x.shape[3:]).transpose(0, 1)
 
 
+def _inference_on_cpu(x: Tensor) -> bool:
+    """Whether ``x`` is on a CPU with no gradient to flow through it: where a layer may take a faster path
+    whose backward (or higher-order gradients) would be slower or less exact than the reference ops'."""
+    return x.device.type == "cpu" and not (x.requires_grad and torch.is_grad_enabled())
+
+
 def _per_channel(p: Tensor) -> Tensor:
     """View a per-channel parameter ``[C]`` or ``[T, C]`` so it broadcasts over ``[T, N, C, H, W]``."""
     return p.view(-1, 1, p.shape[-1], 1, 1) if p.dim() == 2 else p.view(1, 1, -1, 1, 1)
@@ -94,7 +100,7 @@ class MaxPool2d(nn.MaxPool2d):
 
     def forward(self, x: Tensor) -> Tensor:
         # Only where no gradient flows: torch's pool backward beats the maxima's (inner loops, training).
-        if x.device.type == "cpu" and not (x.requires_grad and torch.is_grad_enabled()) and self._halves():
+        if _inference_on_cpu(x) and self._halves():
             return _halve(x)
         if x.dim() == 4:
             return super().forward(x)

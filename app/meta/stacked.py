@@ -22,7 +22,7 @@ from torch.nn.utils.rnn import pad_sequence
 from app.meta.algorithms import vectorizes
 from app.meta.functional import InnerLoop, Learner, Params, compiled_form, final_params
 
-__all__ = ["CPU_CONV_ACTIVATIONS", "Adaptation", "adapt_many", "predict_many", "stack"]
+__all__ = ["CPU_CONV_ACTIVATIONS", "CPU_CONV_MIN_SETS", "Adaptation", "adapt_many", "predict_many", "stack"]
 
 CPU_CONV_ACTIVATIONS = 2**19
 """How many first-layer values (2 MiB of float32, the L2 caches of a 2-core EPYC) sets that share their
