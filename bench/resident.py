@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from app.checkpoint import load_weights  # noqa: E402
 from app.meta import Params  # noqa: E402
+from app.meta.flat import flatten  # noqa: E402
 from app.meta.nets import is_head  # noqa: E402
 from app.serving.cache import SessionCache  # noqa: E402
 from bench.report import machine, table, write  # noqa: E402
@@ -87,7 +88,7 @@ def rss_per_entry(kind: Kind, compact: bool) -> float:
     before = rss()
     for _ in range(kind.entries):
         if compact:
-            cache.put(secrets.token_urlsafe(32), params)
+            cache.put(secrets.token_urlsafe(32), flatten(params))
         else:
             held[secrets.token_urlsafe(32)] = {k: v.clone() for k, v in params.items()}
     gc.collect()
@@ -120,13 +121,14 @@ def latencies(kind: Kind, params: Params, device: torch.device, files: Path) -> 
     for key in keys:
         (files / f"{key}.safetensors").write_bytes(save(params))
     size, synced = sum(t.nbytes for t in params.values()), device.type == "cuda"
+    flat = flatten(params)
     front = size * kind.files // MEMORY_SHARE
 
     def sweep(cache: SessionCache, read: bool) -> Callable[[int], object]:
         def call(i: int) -> None:
             key = keys[i % len(keys)]
             if cache.get(key) is None and read:
-                cache.put(key, load_file(files / f"{key}.safetensors", device=str(device)))
+                cache.put(key, flatten(load_file(files / f"{key}.safetensors", device=str(device))))
             if synced:
                 torch.cuda.synchronize(device)
 
@@ -134,7 +136,7 @@ def latencies(kind: Kind, params: Params, device: torch.device, files: Path) -> 
 
     everything = SessionCache(device, UNBOUNDED, 0)
     for key in keys:
-        everything.put(key, params)
+        everything.put(key, flat)
     order = random.Random(0).choices(keys, k=WARMUP + HIT_CALLS)
     found: dict[str, Any] = {
         "device_hit": micros(timed(lambda i: everything.get(order[i]), WARMUP, HIT_CALLS))
@@ -142,7 +144,7 @@ def latencies(kind: Kind, params: Params, device: torch.device, files: Path) -> 
     if synced:
         tiered = SessionCache(device, front, UNBOUNDED)
         for key in keys:
-            tiered.put(key, params)
+            tiered.put(key, flat)
         found["host_hit"] = micros(timed(sweep(tiered, read=False), WARMUP, kind.files))
         assert tiered.stats()["host"].misses == 0, "every get of the sweep must hit the host tier"
     else:

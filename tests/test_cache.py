@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from app.meta import Params
+from app.meta.flat import Flat, flatten, rows_of
 from app.serving.cache import SessionCache, TierStats
 from tests.conftest import requires_cuda
 
@@ -18,15 +18,18 @@ HEAD = (5 * 64 + 5) * 4
 """Bytes of an ANIL glyph session: the conv4 head."""
 
 
-def head(value: float, device: torch.device = CPU) -> Params:
-    return {
-        "head.weight": torch.full((5, 64), float(value), device=device),
-        "head.bias": torch.full((5,), float(value), device=device),
-    }
+def head(value: float, device: torch.device = CPU) -> Flat:
+    return flatten(
+        {
+            "head.weight": torch.full((5, 64), float(value), device=device),
+            "head.bias": torch.full((5,), float(value), device=device),
+        }
+    )
 
 
-def value_of(params: Params | None) -> float:
-    assert params is not None
+def value_of(found: Flat | None) -> float:
+    assert found is not None
+    params = found.params()
     values = {float(t.min()) for t in params.values()} | {float(t.max()) for t in params.values()}
     assert len(values) == 1, values
     return values.pop()
@@ -74,7 +77,7 @@ def test_on_a_cpu_moving_a_set_between_tiers_copies_nothing() -> None:
     cache.put("b", head(2))  # a demoted
     again = cache.get("a")  # a promoted, b demoted
     assert again is not None and tiers(cache)[1].hits == 1
-    assert again["head.weight"].data_ptr() == found["head.weight"].data_ptr()
+    assert again.tensor.data_ptr() == found.tensor.data_ptr()
 
 
 def test_the_host_tier_drops_its_least_recently_used_set() -> None:
@@ -90,7 +93,7 @@ def test_the_host_tier_drops_its_least_recently_used_set() -> None:
     assert (device.misses, host.hits, host.misses) == (2, 1, 1)
 
 
-def test_get_answers_a_copy_of_what_was_put_as_views_of_one_tensor() -> None:
+def test_get_answers_a_copy_of_what_was_put_whose_views_are_the_tensors_put() -> None:
     params = {
         "w": torch.randn(40, 1),
         "b": torch.randn(40),
@@ -98,24 +101,25 @@ def test_get_answers_a_copy_of_what_was_put_as_views_of_one_tensor() -> None:
         "m": torch.randn(3, 4).T,
     }
     expected = {k: v.clone() for k, v in params.items()}
+    flat = flatten(params)
     cache = SessionCache(CPU, 10_000, 0)
-    cache.put("a", params)
-    for tensor in params.values():
-        tensor.zero_()
+    cache.put("a", flat)
+    flat.tensor.zero_()
     found = cache.get("a")
-    assert found is not None and list(found) == list(expected)
-    assert all(torch.equal(found[k], expected[k]) and found[k].shape == expected[k].shape for k in expected)
-    assert len({t.untyped_storage().data_ptr() for t in found.values()}) == 1
+    assert found is not None and list(found.params()) == list(expected)
+    assert all(torch.equal(found.params()[k], expected[k]) for k in expected)
+    assert all(found.params()[k].shape == expected[k].shape for k in expected)
 
 
-def test_the_budget_counts_the_bytes_of_the_copy_not_of_the_tensor_a_set_views() -> None:
-    batch = torch.randn(1000, 5, 65)
+def test_the_budget_counts_the_bytes_of_the_copy_not_of_the_batch_a_set_is_a_row_of() -> None:
+    batch = {"head.weight": torch.randn(1000, 5, 64), "head.bias": torch.randn(1000, 5)}
+    first = rows_of(batch, ["head.weight", "head.bias"])[0]
     cache = SessionCache(CPU, 10 * HEAD, 0)
-    cache.put("a", {"head.weight": batch[0, :, :64], "head.bias": batch[0, :, 64]})
+    cache.put("a", first)
     assert tiers(cache)[0].size_bytes == HEAD
     found = cache.get("a")
-    assert found is not None and found["head.weight"].untyped_storage().nbytes() == HEAD
-    assert torch.equal(found["head.bias"], batch[0, :, 64])
+    assert found is not None and found.tensor.untyped_storage().nbytes() == HEAD
+    assert torch.equal(found.params()["head.bias"], batch["head.bias"][0])
 
 
 def test_a_set_larger_than_the_device_tier_stays_in_the_host_and_one_larger_than_both_is_not_kept() -> None:
@@ -149,12 +153,12 @@ def test_put_replaces_and_discard_removes_a_set_in_either_tier() -> None:
     assert cache.get("a") is None and cache.get("b") is None
 
 
-def test_put_refuses_an_empty_set_or_mixed_dtypes_and_budgets_must_not_be_negative() -> None:
+def test_put_refuses_an_empty_set_a_flat_set_one_dtype_and_budgets_must_not_be_negative() -> None:
     cache = SessionCache(CPU, HEAD, HEAD)
     with pytest.raises(TypeError, match="one dtype"):
-        cache.put("a", {"w": torch.ones(3), "steps": torch.ones(3, dtype=torch.int64)})
-    with pytest.raises(TypeError, match="at least one tensor"):
-        cache.put("a", {})
+        flatten({"w": torch.ones(3), "steps": torch.ones(3, dtype=torch.int64)})
+    with pytest.raises(ValueError, match="empty set"):
+        cache.put("a", flatten({}))
     with pytest.raises(ValueError, match="host -1"):
         SessionCache(CPU, HEAD, -1)
 
@@ -198,7 +202,7 @@ def test_on_cuda_the_host_tier_holds_host_copies_and_the_device_frees_what_it_de
     cache.put("b", b)  # a demoted: its device copy freed
     assert torch.cuda.memory_allocated(cuda) == with_one
     found = cache.get("a")  # a promoted, b demoted
-    assert found is not None and all(t.device.type == "cuda" for t in found.values())
+    assert found is not None and found.tensor.device.type == "cuda"
     assert value_of(found) == 1 and torch.cuda.memory_allocated(cuda) == with_one
     device, host = tiers(cache)
     assert (device.entries, host.entries, device.evictions, host.hits) == (1, 1, 2, 1)

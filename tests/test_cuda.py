@@ -67,5 +67,5 @@ def test_gpu_batched_predictions_reach_the_host_equal_to_each_alone(
     outputs = predict_many(sinusoid_learner, params, sessions, queries, to=torch.device("cpu"))
     for changed, x, out in zip(sessions, queries, outputs, strict=True):
         assert out.device.type == "cpu"
-        expected = sinusoid_learner.predict({**params, **changed}, x).cpu()
+        expected = sinusoid_learner.predict({**params, **changed.params()}, x).cpu()
         torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)  # CUDA rounds stacked matmuls apart

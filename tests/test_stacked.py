@@ -10,7 +10,8 @@ import torch
 from torch import Tensor
 
 from app.meta import InnerLoop, Learner, adapt
-from app.meta.stacked import adapt_many, predict_many, stack
+from app.meta.flat import Flat, flatten, stacked
+from app.meta.stacked import adapt_many, predict_many
 
 Support = tuple[Tensor, Tensor]
 
@@ -36,8 +37,8 @@ def assert_each_alone(learner: Learner, supports: list[Support], inner: InnerLoo
     assert len(batched) == len(supports)
     for (x, y), result in zip(supports, batched, strict=True):
         alone = adapt(learner, params, x, y, inner)
-        assert set(result.changed) == {k for k in params if inner.adapted(k)}
-        for name, tensor in result.changed.items():
+        assert set(result.changed.params()) == {k for k in params if inner.adapted(k)}
+        for name, tensor in result.changed.params().items():
             torch.testing.assert_close(tensor, alone[name], rtol=1e-4, atol=1e-5)
         assert result.loss_before == pytest.approx(float(learner.losses(params, x, y)), rel=1e-4)
         assert result.loss_after == pytest.approx(float(learner.losses(alone, x, y)), rel=1e-4)
@@ -76,7 +77,7 @@ def test_learned_rates_apply_to_every_session(sinusoid_learner: Learner, generat
     batched = adapt_many(learner, params, supports, InnerLoop(2, 0.5))
     for (x, y), result in zip(supports, batched, strict=True):
         alone = adapt(learner, params, x, y, InnerLoop(2, 0.5))
-        for name, tensor in result.changed.items():
+        for name, tensor in result.changed.params().items():
             torch.testing.assert_close(tensor, alone[name], rtol=1e-4, atol=1e-5)
 
 
@@ -88,7 +89,7 @@ def test_ragged_queries_predict_as_each_alone(sinusoid_learner: Learner, generat
     outputs = predict_many(sinusoid_learner, params, sessions, queries)
     for changed, x, out in zip(sessions, queries, outputs, strict=True):
         torch.testing.assert_close(
-            out, sinusoid_learner.predict({**params, **changed}, x), rtol=1e-5, atol=1e-6
+            out, sinusoid_learner.predict({**params, **changed.params()}, x), rtol=1e-5, atol=1e-6
         )
 
 
@@ -105,7 +106,9 @@ def test_batch_norm_queries_group_by_size(
     queries = [x for x, _ in image_sets([2, 8, 2, 8], generator)]
     outputs = predict_many(conv4_learner, params, heads, queries)
     for changed, x, out in zip(heads, queries, outputs, strict=True):
-        torch.testing.assert_close(out, conv4_learner.predict({**params, **changed}, x), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            out, conv4_learner.predict({**params, **changed.params()}, x), rtol=1e-4, atol=1e-5
+        )
 
 
 def test_head_only_sessions_share_their_convolutions_in_batches_that_fit_the_cpu_caches(
@@ -129,13 +132,15 @@ def test_head_only_sessions_share_their_convolutions_in_batches_that_fit_the_cpu
     outputs = predict_many(conv4_learner, params, heads, queries)
     assert sorted(sets_per_pass) == [2, 2, 2, 3], "sets of 2 queries two at a time, the three of 1 at once"
     for changed, x, out in zip(heads, queries, outputs, strict=True):
-        torch.testing.assert_close(out, conv4_learner.predict({**params, **changed}, x), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            out, conv4_learner.predict({**params, **changed.params()}, x), rtol=1e-4, atol=1e-5
+        )
 
 
 def test_initialization_alone_predicts_through_the_same_path(sinusoid_learner: Learner) -> None:
     params = leaves(sinusoid_learner)
     queries = [torch.linspace(-5, 5, n).unsqueeze(-1) for n in (4, 9)]
-    outputs = predict_many(sinusoid_learner, params, [{}, {}], queries)
+    outputs = predict_many(sinusoid_learner, params, [flatten({})] * 2, queries)
     for x, out in zip(queries, outputs, strict=True):
         torch.testing.assert_close(out, sinusoid_learner.predict(params, x))
 
@@ -143,9 +148,24 @@ def test_initialization_alone_predicts_through_the_same_path(sinusoid_learner: L
 def test_mismatched_sets_are_refused(sinusoid_learner: Learner) -> None:
     params = leaves(sinusoid_learner)
     with pytest.raises(ValueError, match="same tensor names"):
-        stack([{"a": torch.zeros(1)}, {"b": torch.zeros(1)}])
+        stacked([flatten({"a": torch.zeros(1)}), flatten({"b": torch.zeros(1)})])
     with pytest.raises(ValueError, match="one query set per parameter set"):
-        predict_many(sinusoid_learner, params, [{}], [torch.zeros(1, 1), torch.zeros(1, 1)])
+        predict_many(sinusoid_learner, params, [flatten({})], [torch.zeros(1, 1), torch.zeros(1, 1)])
+
+
+def test_flat_sets_stack_into_the_tensors_they_were_made_of(generator: torch.Generator) -> None:
+    sets = [
+        {"w": torch.randn(3, 4, generator=generator).T, "b": torch.randn(4, generator=generator)}
+        for _ in range(3)
+    ]
+    flats = [flatten(s) for s in sets]
+    assert all(f.layout is flats[0].layout for f in flats), "one layout object per kind of set"
+    together = stacked(flats)
+    for name in ("w", "b"):
+        torch.testing.assert_close(together[name], torch.stack([s[name] for s in sets]), rtol=0, atol=0)
+    row = Flat(torch.cat([torch.zeros(5), flats[1].tensor]), flats[1].layout)
+    row = Flat(row.tensor[5:], row.layout)  # a view at an offset, as a row of a batch is
+    assert all(torch.equal(row.params()[k], sets[1][k]) for k in ("w", "b"))
 
 
 def test_one_learner_serves_many_threads_at_once(
@@ -156,7 +176,7 @@ def test_one_learner_serves_many_threads_at_once(
     supports = regression_sets([10] * 8, generator)
     expected = [a.changed for a in adapt_many(sinusoid_learner, params, supports, InnerLoop(3, 0.01))]
 
-    def work(index: int) -> list[dict[str, Tensor]]:
+    def work(index: int) -> list[Flat]:
         return [
             a.changed
             for a in adapt_many(sinusoid_learner, params, [supports[index]] * 20, InnerLoop(3, 0.01))
@@ -166,5 +186,5 @@ def test_one_learner_serves_many_threads_at_once(
         results = list(pool.map(work, range(8)))
     for index, found in enumerate(results):
         for changed in found:
-            for name, tensor in changed.items():
-                torch.testing.assert_close(tensor, expected[index][name], rtol=1e-4, atol=1e-5)
+            for name, tensor in changed.params().items():
+                torch.testing.assert_close(tensor, expected[index].params()[name], rtol=1e-4, atol=1e-5)

@@ -20,9 +20,10 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
 from app.meta.algorithms import vectorizes
+from app.meta.flat import Flat, rows_of, stacked
 from app.meta.functional import InnerLoop, Learner, Params, compiled_form, final_params
 
-__all__ = ["CPU_CONV_ACTIVATIONS", "CPU_CONV_MIN_SETS", "Adaptation", "adapt_many", "predict_many", "stack"]
+__all__ = ["CPU_CONV_ACTIVATIONS", "CPU_CONV_MIN_SETS", "Adaptation", "adapt_many", "predict_many"]
 
 CPU_CONV_ACTIVATIONS = 2**19
 """How many first-layer values (2 MiB of float32, the L2 caches of a 2-core EPYC) sets that share their
@@ -36,32 +37,24 @@ two or three sets do not repay (pairs of five-image sets: 0.7x)."""
 
 @dataclass(frozen=True)
 class Adaptation:
-    """One support set's result: the tensors adaptation changed (views of the batch's tensors), and its
-    support loss before and after."""
+    """One support set's result: the tensors adaptation changed (a row of one tensor of the batch's),
+    and its support loss before and after."""
 
-    changed: Params
+    changed: Flat
     loss_before: float
     loss_after: float
-
-
-def stack(sets: Sequence[Params]) -> Params:
-    """Parameter sets holding the same names, stacked along a new leading dimension."""
-    names = set(sets[0])
-    if any(set(s) != names for s in sets):
-        raise ValueError("stacked parameter sets must all hold the same tensor names")
-    return {k: torch.stack([s[k] for s in sets]) for k in sets[0]}
 
 
 def predict_many(
     learner: Learner,
     base: Params,
-    changed: Sequence[Params],
+    changed: Sequence[Flat],
     xs: Sequence[Tensor],
     compile_forward: bool = False,
     to: torch.device | None = None,
 ) -> list[Tensor]:
-    """The outputs for each query set ``xs[i]`` of the parameters ``{**base, **changed[i]}``; each
-    ``changed[i]`` holds the same names (a session's adapted tensors, or none for the initialization).
+    """The outputs for each query set ``xs[i]`` of the parameters ``{**base, **changed[i]}``; the
+    ``changed`` sets share one layout (a session's adapted tensors, or none for the initialization).
     ``compile_forward`` runs the forward passes through ``torch.compile``; ``to`` moves the outputs there
     with one copy per batch, not one per set (a GPU's answers wanted on the host)."""
     forward = compiled_form(_forward) if compile_forward else _forward
@@ -69,10 +62,11 @@ def predict_many(
         raise ValueError(f"give one query set per parameter set: {len(changed)} sets, {len(xs)} query sets")
     outputs: list[Tensor] = [torch.empty(0)] * len(xs)
     with torch.no_grad():
-        for group in _groups(learner, xs, changed[0].keys() if changed else ()):
+        names = [slot.name for slot in changed[0].layout] if changed else []
+        for group in _groups(learner, xs, names):
             x = _batch([xs[i] for i in group])
-            sets = [changed[i] for i in group]
-            out = forward(learner, {**base, **(sets[0] if len(group) == 1 else stack(sets))}, x)
+            sets = changed[group[0]].params() if len(group) == 1 else stacked([changed[i] for i in group])
+            out = forward(learner, {**base, **sets}, x)
             out = out if to is None else out.to(to)
             rows = [out] if len(group) == 1 else out.unbind()
             for row, i in zip(rows, group, strict=True):
@@ -116,10 +110,9 @@ def adapt_many(
                 adapted = steps(learner, params, x, y, inner, "none", mask)
                 losses = [learner.losses(p, x, y, mask) for p in (params, adapted)]
             before, after = (loss.reshape(-1).tolist() for loss in losses)
-            # Each session's tensors are views of the batch's: whoever keeps them copies them.
-            rows = {k: [v] if len(group) == 1 else v.unbind() for k, v in adapted.items() if inner.adapted(k)}
-            for row, i in enumerate(group):
-                changed = {k: tensors[row] for k, tensors in rows.items()}
+            names = [k for k in adapted if inner.adapted(k)]
+            batch = adapted if len(group) > 1 else {k: adapted[k].unsqueeze(0) for k in names}
+            for row, (i, changed) in enumerate(zip(group, rows_of(batch, names), strict=True)):
                 results[i] = Adaptation(changed, before[row], after[row])
     return [r for r in results if r is not None]
 
@@ -143,9 +136,10 @@ def _batch(sets: Sequence[Tensor]) -> Tensor:
     """One set as it is, or several along a new task dimension, padded with zeros to the longest."""
     if len(sets) == 1:
         return sets[0]
-    if all(s.shape[0] == sets[0].shape[0] for s in sets):
-        return torch.stack(list(sets))  # a tenth of pad_sequence's time
-    return pad_sequence(list(sets), batch_first=True)
+    try:
+        return torch.stack(list(sets))  # a tenth of pad_sequence's time, and no Python pass over sizes
+    except RuntimeError:  # sizes differ
+        return pad_sequence(list(sets), batch_first=True)
 
 
 def _groups(learner: Learner, xs: Sequence[Tensor], stacked: Collection[str]) -> list[list[int]]:

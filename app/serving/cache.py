@@ -6,12 +6,10 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
-from torch import Tensor
 
-from app.meta import Params
+from app.meta.flat import Flat
 
 __all__ = ["SessionCache", "TierStats"]
 
@@ -32,42 +30,15 @@ class TierStats:
     capacity_bytes: int
 
 
-class _Slot(NamedTuple):
-    """Where one parameter lies, contiguous, in an entry's flat tensor."""
-
-    name: str
-    shape: tuple[int, ...]
-    stride: tuple[int, ...]
-    offset: int
-
-
-_Layout = tuple[_Slot, ...]
-"""The slots of one kind of parameter set, shared by every entry of that kind."""
-
-
-class _Entry(NamedTuple):
-    """A parameter set as one flat tensor: one tensor object per entry, not one per parameter."""
-
-    flat: Tensor
-    layout: _Layout
-
-    def params(self) -> Params:
-        """The parameters as views of ``flat`` (``as_strided``: a third of the cost of split and view)."""
-        return {s.name: self.flat.as_strided(s.shape, s.stride, s.offset) for s in self.layout}
-
-    def to(self, device: torch.device) -> _Entry:
-        return _Entry(self.flat.to(device), self.layout)
-
-
 class _Tier:
     """One LRU level of entries by key, with its counts; the caller holds the cache's lock."""
 
     def __init__(self, capacity_bytes: int) -> None:
         self.capacity_bytes = capacity_bytes
         self.size_bytes = self.hits = self.misses = self.evictions = 0
-        self.entries: OrderedDict[str, _Entry] = OrderedDict()
+        self.entries: OrderedDict[str, Flat] = OrderedDict()
 
-    def get(self, key: str) -> _Entry | None:
+    def get(self, key: str) -> Flat | None:
         """The entry, now the most recently used, or None; counted as a hit or a miss."""
         entry = self.entries.get(key)
         if entry is None:
@@ -77,22 +48,22 @@ class _Tier:
         self.entries.move_to_end(key)
         return entry
 
-    def pop(self, key: str) -> _Entry | None:
+    def pop(self, key: str) -> Flat | None:
         entry = self.entries.pop(key, None)
         if entry is not None:
-            self.size_bytes -= entry.flat.nbytes
+            self.size_bytes -= entry.tensor.nbytes
         return entry
 
-    def add(self, key: str, entry: _Entry) -> list[tuple[str, _Entry]]:
+    def add(self, key: str, entry: Flat) -> list[tuple[str, Flat]]:
         """Keep ``entry`` (``key`` absent) as the most recently used; returns what no longer fits: the least
         recently used entries evicted for it, or the entry itself when it exceeds the whole capacity."""
-        size = entry.flat.nbytes
+        size = entry.tensor.nbytes
         if size > self.capacity_bytes:
             return [(key, entry)]
-        evicted: list[tuple[str, _Entry]] = []
+        evicted: list[tuple[str, Flat]] = []
         while self.size_bytes + size > self.capacity_bytes:
             evicted.append(self.entries.popitem(last=False))
-            self.size_bytes -= evicted[-1][1].flat.nbytes
+            self.size_bytes -= evicted[-1][1].tensor.nbytes
             self.evictions += 1
         self.entries[key] = entry
         self.size_bytes += size
@@ -112,11 +83,10 @@ class SessionCache:
     hold is copied to the device on every get. On a CPU device both tiers are host memory and moving a
     set between them copies nothing: together they are one LRU of ``device_bytes + host_bytes``.
 
-    Budgets count the bytes the tensors hold: ``put`` copies each set into one flat tensor of its own (its
-    dtype must be uniform), so no view of a larger tensor is kept alive unaccounted, and the per-tensor
-    overhead of Python and torch objects (measured in ``bench/resident.py``) is paid once per set. ``get``
-    answers views of that tensor, valid for as long as the caller holds them. Safe to share across
-    threads; copies between tiers happen under the lock."""
+    Sets are ``Flat``: one tensor each, so the per-tensor overhead of Python and torch objects (measured
+    in ``bench/resident.py``) is paid once per set. Budgets count the bytes the tensors hold: ``put``
+    copies each set's tensor (often a row of a batch's), so no larger tensor is kept alive unaccounted.
+    Safe to share across threads; copies between tiers happen under the lock."""
 
     def __init__(self, device: torch.device, device_bytes: int, host_bytes: int) -> None:
         if device_bytes < 0 or host_bytes < 0:
@@ -124,8 +94,6 @@ class SessionCache:
         self.device = device
         self._device = _Tier(device_bytes)
         self._host = _Tier(host_bytes)
-        # One layout per kind of set (its names and shapes), shared by its entries: a few kinds per model.
-        self._layouts: dict[tuple[tuple[str, torch.Size], ...], _Layout] = {}
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -136,7 +104,7 @@ class SessionCache:
         with self._lock:
             return key in self._device.entries or key in self._host.entries
 
-    def get(self, key: str) -> Params | None:
+    def get(self, key: str) -> Flat | None:
         """The set under ``key`` on the device, now the most recently used, or None."""
         with self._lock:
             entry = self._device.get(key)
@@ -144,24 +112,17 @@ class SessionCache:
                 held = self._host.get(key)
                 if held is not None:
                     entry = held.to(self.device)
-                    if entry.flat.nbytes <= self._device.capacity_bytes:
+                    if entry.tensor.nbytes <= self._device.capacity_bytes:
                         self._host.pop(key)
                         self._keep(key, entry)
-        return None if entry is None else entry.params()
+        return entry
 
-    def put(self, key: str, params: Params) -> None:
+    def put(self, key: str, params: Flat) -> None:
         """Keep a copy of ``params`` under ``key`` on the device, replacing the set in either tier."""
-        tensors = list(params.values())
-        if not tensors or any(t.dtype != tensors[0].dtype for t in tensors):
-            got = {name: str(t.dtype) for name, t in params.items()}
-            raise TypeError(f"params: need at least one tensor, all of one dtype; got {got}")
-        flat = torch.cat([t.detach().reshape(-1) for t in tensors]).to(self.device)
-        kind = tuple((name, t.shape) for name, t in params.items())
+        if not params.layout:
+            raise ValueError("params: an empty set is not kept")
+        entry = params.to(self.device, copy=True)
         with self._lock:
-            layout = self._layouts.get(kind)
-            if layout is None:
-                layout = self._layouts[kind] = _layout(params)
-            entry = _Entry(flat, layout)
             self._device.pop(key)
             self._host.pop(key)
             self._keep(key, entry)
@@ -177,18 +138,8 @@ class SessionCache:
         with self._lock:
             return {"device": self._device.stats(), "host": self._host.stats()}
 
-    def _keep(self, key: str, entry: _Entry) -> None:
+    def _keep(self, key: str, entry: Flat) -> None:
         """Put ``entry`` in the device tier and demote what that pushes out to the host tier."""
         for demoted, old in self._device.add(key, entry):
-            if old.flat.nbytes <= self._host.capacity_bytes:
+            if old.tensor.nbytes <= self._host.capacity_bytes:
                 self._host.add(demoted, old.to(CPU))
-
-
-def _layout(params: Params) -> _Layout:
-    """The slots of ``params`` laid end to end in order."""
-    slots, offset = [], 0
-    for name, tensor in params.items():
-        contiguous = torch.empty(tensor.shape, device="meta").stride()
-        slots.append(_Slot(name, tuple(tensor.shape), contiguous, offset))
-        offset += tensor.numel()
-    return tuple(slots)

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from app.meta import Params
+from app.meta.flat import Flat, flatten
 from app.meta.stacked import predict_many
 from app.serving.cache import CPU
 from app.serving.errors import Conflict
@@ -20,6 +21,9 @@ from app.serving.registry import LoadedModel, Registry
 from app.serving.sessions import SessionStore
 
 __all__ = ["Answer", "Query", "answer_many", "predict"]
+
+UNCHANGED = flatten({})
+"""The changes of a query on an initialization as it is: none."""
 
 
 @dataclass(frozen=True)
@@ -51,13 +55,13 @@ def answer_many(
     asked = [(q.session_id, q.scope) for q in queries if q.session_id is not None]
     sessions = iter(store.open_many([i for i, _ in asked], [scope for _, scope in asked]))
     results: list[Answer | Exception] = [ValueError("x: not predicted")] * len(queries)
-    batches: dict[tuple[str, bool], list[tuple[int, Params, Tensor, Sequence[Label] | None]]] = {}
+    batches: dict[tuple[str, bool], list[tuple[int, Flat, Tensor, Sequence[Label] | None]]] = {}
     labels: Sequence[Label] | None
     models: dict[str, LoadedModel] = {}
     for i, query in enumerate(queries):
         try:
             if query.session_id is None:
-                model, changed, labels = registry.get(query.model), {}, None
+                model, changed, labels = registry.get(query.model), UNCHANGED, None
             else:
                 opened = next(sessions)
                 if isinstance(opened, Exception):

@@ -27,6 +27,7 @@ from app.config import Settings
 from app.db.tables import AdaptedSession, Initialization, utc_now, visible_to
 from app.files import write_atomically
 from app.meta import InnerLoop, Params
+from app.meta.flat import Flat, flatten
 from app.meta.functional import net_params
 from app.meta.nets import is_head
 from app.meta.stacked import Adaptation, adapt_many
@@ -100,7 +101,7 @@ class Opened:
 
     record: SessionRecord
     model: LoadedModel
-    changed: Params
+    changed: Flat
 
 
 class SessionStore:
@@ -155,7 +156,7 @@ class SessionStore:
                 results[i] = error
                 continue
             batches.setdefault((support.model.ref, steps, lr), []).append((i, x, y, label_map))
-        rows: builtins.list[tuple[int, dict[str, Any], Params]] = []
+        rows: builtins.list[tuple[int, dict[str, Any], Flat]] = []
         for (_, steps, lr), members in batches.items():
             model = supports[members[0][0]].model
             inner = InnerLoop(steps, lr, model.inner.adapts)
@@ -215,7 +216,7 @@ class SessionStore:
             )
         session_id = secrets.token_urlsafe(32)
         path = f"{SESSIONS}/{session_id}.safetensors"
-        tensors = _serialized({k: v.cpu().contiguous() for k, v in adaptation.changed.items()})
+        tensors = _serialized(adaptation.changed)
         write_atomically(self.settings.data_dir / path, tensors, durable=self.settings.durable_writes)
         now = utc_now()
         return {
@@ -237,7 +238,7 @@ class SessionStore:
     def get(self, session_id: str, scope: str | None = None) -> tuple[SessionRecord, Params]:
         """The session and its parameters (its tensors over the initialization's); see ``open_many``."""
         opened = _one(self.open_many([session_id], [scope]))
-        return opened.record, {**opened.model.params, **opened.changed}
+        return opened.record, {**opened.model.params, **opened.changed.params()}
 
     def open_many(
         self, session_ids: Sequence[str], scopes: Sequence[str | None] | None = None
@@ -287,8 +288,7 @@ class SessionStore:
         changed = self.cache.get(session_id)
         if changed is None:
             try:
-                changed = load_file(self.settings.data_dir / path, device=str(model.device))
-                _check_layout(model, changed)
+                changed = _laid_out(model, load_file(self.settings.data_dir / path, device=str(model.device)))
             except FileNotFoundError:
                 return NotFound(f"no session {session_id!r}: deleted while it was being read")
             except (SafetensorError, OSError, ValueError) as error:
@@ -396,25 +396,27 @@ _TOUCH_MANY = (
 )
 
 
-def _serialized(tensors: Params) -> bytes:
-    """The safetensors bytes of host tensors. Through numpy, which writes the same bytes as
+def _serialized(changed: Flat) -> bytes:
+    """The safetensors bytes of a session's tensors. Through numpy, which writes the same bytes as
     ``safetensors.torch`` in a third of its time (a file is written per /adapt); through torch for a dtype
-    that numpy lacks (bfloat16)."""
+    that numpy lacks (bfloat16), which wants tensors that share no memory."""
+    host = changed.tensor.cpu()
     try:
-        arrays = {name: tensor.numpy() for name, tensor in tensors.items()}
+        flat = host.numpy()
     except TypeError:
-        return save(tensors)
-    return save_numpy(arrays)
+        return save({name: tensor.clone() for name, tensor in Flat(host, changed.layout).params().items()})
+    return save_numpy({s.name: flat[s.offset : s.offset + s.size].reshape(s.shape) for s in changed.layout})
 
 
-def _check_layout(model: LoadedModel, changed: Params) -> None:
-    """Refuse a readable file whose tensors are not those that ``model``'s sessions change, which would
-    otherwise fail the whole batch it is predicted in."""
+def _laid_out(model: LoadedModel, loaded: Params) -> Flat:
+    """A session file's tensors as the set ``model``'s sessions change, in its order; a readable file of
+    other tensors is refused, since it would otherwise fail the whole batch it is predicted in."""
     adapted = {k: v for k, v in net_params(model.params).items() if model.inner.adapts == "all" or is_head(k)}
-    if {k: v.shape for k, v in changed.items()} != {k: v.shape for k, v in adapted.items()} or any(
-        v.dtype != adapted[k].dtype for k, v in changed.items()
+    if {k: v.shape for k, v in loaded.items()} != {k: v.shape for k, v in adapted.items()} or any(
+        v.dtype != adapted[k].dtype for k, v in loaded.items()
     ):
-        raise ValueError(f"its tensors {sorted(changed)} are not the ones {model.ref} adapts")
+        raise ValueError(f"its tensors {sorted(loaded)} are not the ones {model.ref} adapts")
+    return flatten({k: loaded[k] for k in adapted})
 
 
 def _one(results: Sequence[Result | Exception]) -> Result:
