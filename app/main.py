@@ -13,7 +13,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TypeVar
 
-import torch
 from anyio import to_thread
 from fastapi import FastAPI
 
@@ -33,6 +32,7 @@ from app.draining import drain_on_sigterm
 from app.jobs.runner import POLL_SECONDS, JobRunner
 from app.jobs.store import JobStore
 from app.locks import FileLock
+from app.meta.precision import use_true_float32
 from app.serving import Registry, SessionStore
 from app.serving.batcher import Batcher
 from app.serving.predict import answer_many
@@ -82,9 +82,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     device = resolve_device(settings.device)
     if device.type == "cuda":
-        # cuDNN's TF32 convolutions round to 10 mantissa bits with kernels chosen by batch shape: a
-        # session's answer would move by 1e-4 with whoever shares its batch. Serve true float32.
-        torch.backends.cudnn.allow_tf32 = False
+        use_true_float32()
     await to_thread.run_sync(migrate, settings.database_url_resolved)
     engine = make_engine(settings.database_url_resolved, settings.durable_writes)
     factory = make_session_factory(engine)

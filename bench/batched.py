@@ -20,6 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 from app.checkpoint import load_card, load_weights  # noqa: E402
 from app.meta import InnerLoop, Learner, TaskBatch, build_net  # noqa: E402
+from app.meta.precision import use_true_float32  # noqa: E402
 from app.meta.stacked import adapt_many, predict_many  # noqa: E402
 from app.meta.tasks.noise_images import noise_image_tasks  # noqa: E402
 from app.meta.tasks.sinusoid import sinusoid_tasks  # noqa: E402
@@ -129,6 +130,7 @@ def measure(
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
+    use_true_float32()  # as the service serves
     rows = []
     for count in args.sessions:
         for name, (learner, params, inner, tasks) in workloads(count, device).items():

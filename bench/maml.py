@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.meta import MAML, InnerLoop, Learner, TaskBatch, adapt, build_net  # noqa: E402
+from app.meta.precision import use_true_float32  # noqa: E402
 from bench.report import commit, table, write  # noqa: E402
 
 
@@ -155,8 +156,7 @@ def meta_iteration_flops(
 def run(args: argparse.Namespace, anchors: ModuleType) -> dict[str, Any]:
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
-    # True float32 everywhere, so the agreement check measures the algorithms, not TF32 rounding.
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    use_true_float32()  # so that the agreement check measures the algorithms, not TF32 rounding
     names = [n for n in args.impls.split(",") if n not in anchors.UNAVAILABLE]
     info = anchors.machine_info(args.threads)
     info.update(
