@@ -55,16 +55,18 @@ def predict_many(
 ) -> list[Tensor]:
     """The outputs for each query set ``xs[i]`` of the parameters ``{**base, **changed[i]}``; the
     ``changed`` sets share one layout (a session's adapted tensors, or none for the initialization).
-    ``compile_forward`` runs the forward passes through ``torch.compile``; ``to`` moves the outputs there
-    with one copy per batch, not one per set (a GPU's answers wanted on the host)."""
+    ``compile_forward`` runs the forward passes through ``torch.compile``. Query sets on another device
+    than ``base`` (a GPU's queries read on the host) move there in one copy per batch, and ``to`` moves
+    the outputs back the same way, not one copy per set."""
     forward = compiled_form(_forward) if compile_forward else _forward
     if len(changed) != len(xs):
         raise ValueError(f"give one query set per parameter set: {len(changed)} sets, {len(xs)} query sets")
     outputs: list[Tensor] = [torch.empty(0)] * len(xs)
+    device = _device(base)
     with torch.no_grad():
         names = [slot.name for slot in changed[0].layout] if changed else []
         for group in _groups(learner, xs, names):
-            x = _batch([xs[i] for i in group])
+            x = _batch([xs[i] for i in group], device)
             sets = changed[group[0]].params() if len(group) == 1 else stacked([changed[i] for i in group])
             out = forward(learner, {**base, **sets}, x)
             out = out if to is None else out.to(to)
@@ -89,21 +91,21 @@ def adapt_many(
     any sizes pad, and conv bodies that run set by set on a CPU still share their heads' steps."""
     steps = compiled_form(final_params) if compile_steps else final_params
     results: list[Adaptation | None] = [None] * len(supports)
-    xs = [x for x, _ in supports]
+    xs, device = [x for x, _ in supports], _device(params)
     with torch.no_grad():
         features = _features(learner, params, xs) if inner.adapts == "head" else None
         groups = (
             [list(range(len(xs)))] if features is not None and xs else _groups(learner, xs, params.keys())
         )
         for group in groups:
-            x, y = _batch([xs[i] for i in group]), _batch([supports[i][1] for i in group])
+            x, y = _batch([xs[i] for i in group], device), _batch([supports[i][1] for i in group], device)
             sizes = [xs[i].shape[0] for i in group]
             mask = None
             if min(sizes) != max(sizes):
                 lengths = torch.tensor(sizes, device=x.device)
                 mask = (torch.arange(x.shape[1], device=x.device) < lengths[:, None]).to(x.dtype)
             if features is not None:  # the body's output is the same before, during and after
-                seen = _batch([features[i] for i in group])
+                seen = _batch([features[i] for i in group], device)
                 adapted = steps(learner, params, x, y, inner, "none", mask, seen)
                 losses = [learner.head_losses(p, seen, y, mask) for p in (params, adapted)]
             else:
@@ -121,7 +123,7 @@ def _features(learner: Learner, params: Params, xs: Sequence[Tensor]) -> list[Te
     """The body's output on each set, the sets batched as ``_groups`` allows."""
     found: list[Tensor] = [torch.empty(0)] * len(xs)
     for group in _groups(learner, xs, ()):
-        out = learner.features(params, _batch([xs[i] for i in group]))
+        out = learner.features(params, _batch([xs[i] for i in group], _device(params)))
         for row, i in zip([out] if len(group) == 1 else out.unbind(), group, strict=True):
             found[i] = row[: xs[i].shape[0]]  # a padded set's rows past its own are padding
     return found
@@ -132,14 +134,21 @@ def _forward(learner: Learner, params: Params, x: Tensor) -> Tensor:
     return learner.predict(params, x)
 
 
-def _batch(sets: Sequence[Tensor]) -> Tensor:
-    """One set as it is, or several along a new task dimension, padded with zeros to the longest."""
+def _batch(sets: Sequence[Tensor], device: torch.device) -> Tensor:
+    """One set as it is, or several along a new task dimension, padded with zeros to the longest; on
+    ``device``, in one copy where the sets lie elsewhere."""
     if len(sets) == 1:
-        return sets[0]
+        return sets[0].to(device)
     try:
-        return torch.stack(list(sets))  # a tenth of pad_sequence's time, and no Python pass over sizes
+        batch = torch.stack(list(sets))  # a tenth of pad_sequence's time, and no Python pass over sizes
     except RuntimeError:  # sizes differ
-        return pad_sequence(list(sets), batch_first=True)
+        batch = pad_sequence(list(sets), batch_first=True)
+    return batch.to(device)
+
+
+def _device(params: Params) -> torch.device:
+    """Where a parameter set lies (and so where its batches run)."""
+    return next(iter(params.values())).device
 
 
 def _groups(learner: Learner, xs: Sequence[Tensor], stacked: Collection[str]) -> list[list[int]]:

@@ -29,9 +29,9 @@ MAX_IMAGE_PIXELS = 4096 * 4096
 def support_tensors(
     model: LoadedModel, x: list[Any], y: list[Any], limit: int
 ) -> tuple[Tensor, Tensor, list[Label] | None]:
-    """The support set on the model's device: inputs, targets (regression) or head classes
-    (classification), and the label map (the distinct labels in order of first appearance; None for
-    regression). At most ``limit`` examples."""
+    """The support set on the host (a batch of them goes to the device in one copy): inputs, targets
+    (regression) or head classes (classification), and the label map (the distinct labels in order of
+    first appearance; None for regression). At most ``limit`` examples."""
     inputs = _inputs(model, x, limit)
     if not isinstance(y, list):
         raise ValueError(f"y: must be a list with one target per example; got {type(y).__name__}")
@@ -39,12 +39,12 @@ def support_tensors(
         raise ValueError(f"y: {len(y)} targets for {len(x)} examples in x; give one per example")
     if model.kind == "classification":
         classes, label_map = _classes(y, model.ways)
-        return inputs, classes.to(model.device), label_map
-    return inputs, torch.from_numpy(_stacked(y, (model.ways,), "y", _target)).to(model.device), None
+        return inputs, classes, label_map
+    return inputs, torch.from_numpy(_stacked(y, (model.ways,), "y", _target)), None
 
 
 def query_tensor(model: LoadedModel, x: list[Any], limit: int) -> Tensor:
-    """Query inputs on the model's device, at most ``limit`` of them."""
+    """Query inputs on the host (a batch of them goes to the device in one copy), at most ``limit``."""
     return _inputs(model, x, limit)
 
 
@@ -55,7 +55,7 @@ def _inputs(model: LoadedModel, x: list[Any], limit: int) -> Tensor:
         raise ValueError("x: is empty; give at least one example")
     if len(x) > limit:
         raise ValueError(f"x: {len(x)} examples; at most {limit} are allowed")
-    return torch.from_numpy(_stacked(x, model.input_shape, "x", _input)).to(model.device)
+    return torch.from_numpy(_stacked(x, model.input_shape, "x", _input))
 
 
 def _stacked(

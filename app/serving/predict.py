@@ -91,7 +91,7 @@ def predict(
     """``model``'s net with ``params`` (a session's or the initialization's own) on the queries ``x``
     (see ``query_tensor``), answered as ``answer_many`` answers."""
     with torch.no_grad():
-        return _answers(model, model.learner.predict(params, x), label_map)
+        return _answers(model, model.learner.predict(params, x.to(model.device)), label_map)
 
 
 def _answers(model: LoadedModel, out: Tensor, label_map: Sequence[Label] | None) -> list[Any]:
