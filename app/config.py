@@ -90,12 +90,6 @@ class Settings(BaseSettings):
         description="Run /adapt's inner steps and /predict's forward passes through torch.compile: less "
         "Python overhead per batch on a GPU, a compile of some seconds per new shape; no help on a CPU.",
     )
-    cudnn_autotune: bool = Field(
-        default=False,
-        description="On CUDA, let cuDNN time its convolution algorithms on each new shape of batch and keep "
-        "the fastest (torch.backends.cudnn.benchmark): a pause on each new shape, for faster batched Conv4 "
-        "sessions that adapt every tensor (bench/README.md); no effect on a CPU.",
-    )
     drain_seconds: float = Field(
         default=3.0,
         ge=0,

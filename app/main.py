@@ -13,7 +13,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TypeVar
 
-import torch
 from anyio import to_thread
 from fastapi import FastAPI
 
@@ -84,7 +83,6 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     device = resolve_device(settings.device)
     if device.type == "cuda":
         use_true_float32()
-        torch.backends.cudnn.benchmark = settings.cudnn_autotune
     await to_thread.run_sync(migrate, settings.database_url_resolved)
     engine = make_engine(settings.database_url_resolved, settings.durable_writes)
     factory = make_session_factory(engine)

@@ -6,11 +6,10 @@ runs on a GPU machine with nothing else installed. Usage: ``python bench/batched
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,25 +73,6 @@ def seconds(work: Callable[[], object], device: torch.device, repeats: int) -> f
     return statistics.median(times[1:])
 
 
-VARIANTS = {
-    "compiled": "through `torch.compile` (`--compile`, the service's `METASERVE_COMPILE`)",
-    "autotuned": "with cuDNN's autotuning (`--autotune`: `torch.backends.cudnn.benchmark`, the service's "
-    "`METASERVE_CUDNN_AUTOTUNE`)",
-}
-"""Ways to run the batched calls that ``--compile`` and ``--autotune`` time beside the default, eager."""
-
-
-@contextlib.contextmanager
-def autotuned(on: bool) -> Iterator[None]:
-    """cuDNN's autotuning on (or left as it is) for the calls inside."""
-    before = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = before or on
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.benchmark = before
-
-
 def measure(
     name: str,
     learner: Learner,
@@ -101,10 +81,10 @@ def measure(
     tasks: TaskBatch,
     device: torch.device,
     repeats: int,
-    variants: list[str],
+    compiled: bool,
 ) -> dict[str, Any]:
-    """Sessions/s of adapt and predict, one at a time and batched, for one workload, and batched in each
-    of the ``variants`` (``VARIANTS``); a compile or an autotuning is left to the warm-up."""
+    """Sessions/s of adapt and predict, one at a time and batched, for one workload; with ``compiled``
+    also batched through ``torch.compile`` (``METASERVE_COMPILE``), its compile left to the warm-up."""
     count = tasks.tasks
     supports = [(tasks.support_x[t], tasks.support_y[t]) for t in range(count)]
     queries = [tasks.query_x[t] for t in range(count)]
@@ -127,18 +107,13 @@ def measure(
         "predict one at a time": seconds(predict_alone, device, repeats) * count / alone,
         "predict batched": seconds(lambda: predict_many(learner, params, changed, queries), device, repeats),
     }
-    for variant in variants:
-        compiled = variant == "compiled"
-
-        def adapt_batched(compiled: bool = compiled) -> None:
-            adapt_many(learner, params, supports, inner, compile_steps=compiled)
-
-        def predict_batched(compiled: bool = compiled) -> None:
-            predict_many(learner, params, changed, queries, compile_forward=compiled)
-
-        with autotuned(variant == "autotuned"):
-            timings[f"adapt batched, {variant}"] = seconds(adapt_batched, device, repeats)
-            timings[f"predict batched, {variant}"] = seconds(predict_batched, device, repeats)
+    if compiled:
+        timings["adapt batched, compiled"] = seconds(
+            lambda: adapt_many(learner, params, supports, inner, compile_steps=True), device, repeats
+        )
+        timings["predict batched, compiled"] = seconds(
+            lambda: predict_many(learner, params, changed, queries, compile_forward=True), device, repeats
+        )
     rates = {k: count / v for k, v in timings.items()}
     row = {
         "workload": name,
@@ -147,9 +122,9 @@ def measure(
         "adapt_ratio": rates["adapt batched"] / rates["adapt one at a time"],
         "predict_ratio": rates["predict batched"] / rates["predict one at a time"],
     }
-    for variant in variants:
-        for call in ("adapt", "predict"):
-            row[f"{variant}_{call}_ratio"] = rates[f"{call} batched, {variant}"] / rates[f"{call} batched"]
+    if compiled:
+        row["compiled_adapt_ratio"] = rates["adapt batched, compiled"] / rates["adapt batched"]
+        row["compiled_predict_ratio"] = rates["predict batched, compiled"] / rates["predict batched"]
     return row
 
 
@@ -161,7 +136,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for name, (learner, params, inner, tasks) in workloads(count, device).items():
             if name not in args.workloads:
                 continue
-            rows.append(measure(name, learner, params, inner, tasks, device, args.repeats, variants(args)))
+            rows.append(measure(name, learner, params, inner, tasks, device, args.repeats, args.compile))
     targets = TARGETS[device.type]
     for row in rows:
         target = targets.get(row["workload"], targets.get("*"))
@@ -174,17 +149,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def variants(args: argparse.Namespace) -> list[str]:
-    """The ``VARIANTS`` the command line asks for."""
-    return [v for v, asked in (("compiled", args.compile), ("autotuned", args.autotune)) if asked]
-
-
 def markdown(report: dict[str, Any]) -> str:
     info = report["machine"]
-    measured = [v for v in VARIANTS if any(f"{v}_adapt_ratio" in r for r in report["rows"])]
     header = ["workload", "sessions", "adapt alone /s", "adapt batched /s", "ratio", "predict alone /s",
-              "predict batched /s", "ratio", "target"]  # fmt: skip
-    header += [f"{call} {v} ÷ default" for v in measured for call in ("adapt", "predict")]
+              "predict batched /s", "ratio", "target", "adapt compiled ÷ eager",
+              "predict compiled ÷ eager"]  # fmt: skip
     rows = []
     for r in report["rows"]:
         s = r["sessions_per_s"]
@@ -193,12 +162,11 @@ def markdown(report: dict[str, Any]) -> str:
         )
         rates = (f"{s[k]:.0f}" for k in ("adapt one at a time", "adapt batched"))
         predict_rates = (f"{s[k]:.0f}" for k in ("predict one at a time", "predict batched"))
-        ratios = [
-            f"{r[k]:.2f}x" if k in r else "-"
-            for k in (f"{v}_{call}_ratio" for v in measured for call in ("adapt", "predict"))
+        compiled = [
+            f"{r[k]:.2f}x" if k in r else "-" for k in ("compiled_adapt_ratio", "compiled_predict_ratio")
         ]
         rows.append([r["workload"], str(r["sessions"]), *rates, f"{r['adapt_ratio']:.1f}x", *predict_rates,
-                     f"{r['predict_ratio']:.1f}x", target, *ratios])  # fmt: skip
+                     f"{r['predict_ratio']:.1f}x", target, *compiled])  # fmt: skip
     return "\n".join([
         f"# Engine-level batching, {info['date']}, commit {info['commit']}",
         "",
@@ -206,9 +174,9 @@ def markdown(report: dict[str, Any]) -> str:
         "the repeats) of adapting each session's support set and predicting its 10 queries, one session "
         f"at a time (at most the first {ALONE}) vs all at once (`adapt_many`, `predict_many`); sinusoid: "
         "10 support points, the card's inner loop; glyphs: 5-way 1-shot, the card's ANIL head-only loop; "
-        "conv4-maml: the same net adapting every tensor; in true float32 (TF32 off), as the service serves.",
-        *(f"{v.capitalize()} ÷ default: the batched calls {VARIANTS[v]} over the same calls without."
-          for v in measured),
+        "conv4-maml: the same net adapting every tensor; in true float32 (TF32 off), as the service "
+        "serves. Compiled ÷ eager: the batched calls through "
+        "`torch.compile` (`--compile`, the service's `METASERVE_COMPILE`) over the same calls eager.",
         "",
         *table(header, rows),
         "",
@@ -227,9 +195,6 @@ def main() -> None:
     )
     ap.add_argument(
         "--compile", action="store_true", help="also time the batched calls through torch.compile"
-    )
-    ap.add_argument(
-        "--autotune", action="store_true", help="also time the batched calls with cuDNN's autotuning"
     )
     ap.add_argument(
         "--out", type=Path, default=None, help="writes OUT.{json,md} (default bench/results/batched-DEVICE)"

@@ -16,9 +16,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def commit() -> str:
+    """The commit measured, ``-dirty`` where the tree differs from it: uncommitted edits, or a device
+    machine whose copy of ``.git`` lags the tree it was sent."""
     try:
         return subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
             capture_output=True,
             text=True,
             check=True,
