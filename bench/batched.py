@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 from app.checkpoint import load_card, load_weights  # noqa: E402
 from app.meta import InnerLoop, Learner, TaskBatch, build_net  # noqa: E402
 from app.meta.precision import use_true_float32  # noqa: E402
-from app.meta.stacked import adapt_many, predict_many  # noqa: E402
+from app.meta.stacked import adapt_many, predict_batches  # noqa: E402
 from app.meta.tasks.noise_images import noise_image_tasks  # noqa: E402
 from app.meta.tasks.sinusoid import sinusoid_tasks  # noqa: E402
 from bench.report import cpu_name, machine, table, write  # noqa: E402
@@ -99,20 +99,22 @@ def measure(
 
     def predict_alone() -> None:
         for c, x in zip(changed[:alone], queries[:alone], strict=True):
-            predict_many(learner, params, [c], [x])
+            predict_batches(learner, params, [c], [x])
 
     timings = {
         "adapt one at a time": seconds(adapt_alone, device, repeats) * count / alone,
         "adapt batched": seconds(lambda: adapt_many(learner, params, supports, inner), device, repeats),
         "predict one at a time": seconds(predict_alone, device, repeats) * count / alone,
-        "predict batched": seconds(lambda: predict_many(learner, params, changed, queries), device, repeats),
+        "predict batched": seconds(
+            lambda: predict_batches(learner, params, changed, queries), device, repeats
+        ),
     }
     if compiled:
         timings["adapt batched, compiled"] = seconds(
             lambda: adapt_many(learner, params, supports, inner, compile_steps=True), device, repeats
         )
         timings["predict batched, compiled"] = seconds(
-            lambda: predict_many(learner, params, changed, queries, compile_forward=True), device, repeats
+            lambda: predict_batches(learner, params, changed, queries, compile_forward=True), device, repeats
         )
     rates = {k: count / v for k, v in timings.items()}
     row = {
@@ -172,8 +174,9 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"{info['device']}, torch {info['torch']} ({info['torch_threads']} threads). Sessions/s (median of "
         "the repeats) of adapting each session's support set and predicting its 10 queries, one session "
-        f"at a time (at most the first {ALONE}) vs all at once (`adapt_many`, `predict_many`); sinusoid: "
-        "10 support points, the card's inner loop; glyphs: 5-way 1-shot, the card's ANIL head-only loop; "
+        f"at a time (at most the first {ALONE}) vs all at once, through the calls the service makes "
+        "(`adapt_many`, `predict_batches`); sinusoid: 10 support points, the card's inner loop; glyphs: "
+        "5-way 1-shot, the card's ANIL head-only loop; "
         "conv4-maml: the same net adapting every tensor; in true float32 (TF32 off), as the service "
         "serves. Compiled ÷ eager: the batched calls through "
         "`torch.compile` (`--compile`, the service's `METASERVE_COMPILE`) over the same calls eager.",

@@ -41,6 +41,7 @@ from app.serving import (
     support_tensors,
 )
 from app.serving.errors import Conflict
+from app.serving.predict import Answer, Query, answer_many
 from app.serving.sessions import TOUCH_AT_MOST, _serialized
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
@@ -345,6 +346,24 @@ def test_a_session_with_fewer_labels_than_ways_predicts_among_its_own_labels_of_
     answers = predict(model, params, query_tensor(model, strokes(4, seed=1), 20), session.label_map)
     assert all(list(a["probabilities"]) == ["cat", 7, "dog"] for a in answers)
     assert all(sum(a["probabilities"].values()) == pytest.approx(1, abs=1e-5) for a in answers)
+
+
+def test_sessions_of_two_three_and_five_labels_predicted_in_one_batch_answer_as_each_alone(
+    registry: Registry, store: SessionStore
+) -> None:
+    model = registry.get("glyphs")
+    records = [store.create(model, strokes(n, seed=n), GREEK[:n]) for n in (2, 3, 5, 3)]
+    # Four sets of two queries: one batch on a CPU too (CPU_CONV_MIN_SETS), softmaxes of three widths.
+    queries = [Query(strokes(2, seed=10 + i), session_id=r.id) for i, r in enumerate(records)]
+    together = answer_many(registry, store, queries)
+    for query, record, answer in zip(queries, records, together, strict=True):
+        session, params = store.get(record.id)
+        alone = predict(model, params, query_tensor(model, query.x, 20), session.label_map)
+        assert isinstance(answer, Answer) and len(answer.predictions) == len(alone)
+        for found, expected in zip(answer.predictions, alone, strict=True):
+            assert list(found["probabilities"]) == GREEK[: len(record.label_map or [])]
+            assert found["label"] == expected["label"]
+            assert found["probabilities"] == pytest.approx(expected["probabilities"], rel=1e-4, abs=1e-6)
 
 
 def test_the_initialization_predicts_without_a_session_naming_head_classes_by_number(

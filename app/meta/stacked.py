@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -23,7 +24,15 @@ from app.meta.algorithms import vectorizes
 from app.meta.flat import Flat, rows_of, stacked
 from app.meta.functional import InnerLoop, Learner, Params, compiled_form, final_params
 
-__all__ = ["CPU_CONV_ACTIVATIONS", "CPU_CONV_MIN_SETS", "Adaptation", "adapt_many", "predict_many"]
+__all__ = [
+    "CPU_CONV_ACTIVATIONS",
+    "CPU_CONV_MIN_SETS",
+    "Adaptation",
+    "Batch",
+    "adapt_many",
+    "predict_batches",
+    "predict_many",
+]
 
 CPU_CONV_ACTIVATIONS = 2**19
 """How many first-layer values (2 MiB of float32, the L2 caches of a 2-core EPYC) sets that share their
@@ -45,6 +54,42 @@ class Adaptation:
     loss_after: float
 
 
+class Batch(NamedTuple):
+    """One forward pass's outputs: row ``r`` of ``out`` answers the query set ``indices[r]`` in its first
+    ``len(xs[indices[r]])`` positions; the rest, if any, is padding."""
+
+    indices: list[int]
+    out: Tensor
+
+
+def predict_batches(
+    learner: Learner,
+    base: Params,
+    changed: Sequence[Flat],
+    xs: Sequence[Tensor],
+    compile_forward: bool = False,
+    to: torch.device | None = None,
+) -> list[Batch]:
+    """The outputs for each query set ``xs[i]`` of the parameters ``{**base, **changed[i]}``, as the
+    batches they ran in; the ``changed`` sets share one layout (a session's adapted tensors, or none for
+    the initialization). ``compile_forward`` runs the forward passes through ``torch.compile``. Query sets
+    on another device than ``base`` (a GPU's queries read on the host) move there in one copy per batch,
+    and ``to`` moves the outputs back the same way: no tensor per set either way."""
+    forward = compiled_form(_forward) if compile_forward else _forward
+    if len(changed) != len(xs):
+        raise ValueError(f"give one query set per parameter set: {len(changed)} sets, {len(xs)} query sets")
+    batches, device = [], _device(base)
+    with torch.no_grad():
+        names = [slot.name for slot in changed[0].layout] if changed else []
+        for group in _groups(learner, xs, names):
+            x = _batch([xs[i] for i in group], device)
+            sets = changed[group[0]].params() if len(group) == 1 else stacked([changed[i] for i in group])
+            out = forward(learner, {**base, **sets}, x)
+            out = out if to is None else out.to(to)
+            batches.append(Batch(group, out.unsqueeze(0) if len(group) == 1 else out))
+    return batches
+
+
 def predict_many(
     learner: Learner,
     base: Params,
@@ -53,27 +98,12 @@ def predict_many(
     compile_forward: bool = False,
     to: torch.device | None = None,
 ) -> list[Tensor]:
-    """The outputs for each query set ``xs[i]`` of the parameters ``{**base, **changed[i]}``; the
-    ``changed`` sets share one layout (a session's adapted tensors, or none for the initialization).
-    ``compile_forward`` runs the forward passes through ``torch.compile``. Query sets on another device
-    than ``base`` (a GPU's queries read on the host) move there in one copy per batch, and ``to`` moves
-    the outputs back the same way, not one copy per set."""
-    forward = compiled_form(_forward) if compile_forward else _forward
-    if len(changed) != len(xs):
-        raise ValueError(f"give one query set per parameter set: {len(changed)} sets, {len(xs)} query sets")
+    """``predict_batches``' outputs split into one tensor per query set, in order."""
     outputs: list[Tensor] = [torch.empty(0)] * len(xs)
-    device = _device(base)
-    with torch.no_grad():
-        names = [slot.name for slot in changed[0].layout] if changed else []
-        for group in _groups(learner, xs, names):
-            x = _batch([xs[i] for i in group], device)
-            sets = changed[group[0]].params() if len(group) == 1 else stacked([changed[i] for i in group])
-            out = forward(learner, {**base, **sets}, x)
-            out = out if to is None else out.to(to)
-            rows = [out] if len(group) == 1 else out.unbind()
-            for row, i in zip(rows, group, strict=True):
-                size = xs[i].shape[0]  # not len(): Tensor.__len__ is a Python call
-                outputs[i] = row if row.shape[0] == size else row[:size]
+    for batch in predict_batches(learner, base, changed, xs, compile_forward, to):
+        for row, i in zip(batch.out.unbind(), batch.indices, strict=True):
+            size = xs[i].shape[0]  # not len(): Tensor.__len__ is a Python call
+            outputs[i] = row if row.shape[0] == size else row[:size]
     return outputs
 
 

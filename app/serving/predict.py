@@ -1,5 +1,5 @@
 """Predictions as JSON-ready values: regression targets, or for each query the most probable label and
-the probability of every label; concurrent queries on one model run as one batch (``predict_many``)."""
+the probability of every label; concurrent queries on one model run as one batch (``predict_batches``)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from torch import Tensor
 
 from app.meta import Params
 from app.meta.flat import Flat, flatten
-from app.meta.stacked import predict_many
+from app.meta.stacked import predict_batches
 from app.serving.cache import CPU
 from app.serving.errors import Conflict
 from app.serving.examples import Label, query_tensor
@@ -76,12 +76,13 @@ def answer_many(
     for (ref, _), members in batches.items():
         model = models[ref]
         sets, xs = [c for _, c, _, _ in members], [x for _, _, x, _ in members]
-        outputs = predict_many(model.learner, model.params, sets, xs, store.settings.compile, CPU)
-        for (i, _, _, labels), out in zip(members, outputs, strict=True):
-            try:
-                results[i] = Answer(model, queries[i].session_id, _answers(model, out, labels))
-            except ValueError as error:
-                results[i] = error
+        for batch in predict_batches(model.learner, model.params, sets, xs, store.settings.compile, CPU):
+            chosen = [members[j] for j in batch.indices]
+            sizes, label_maps = [x.shape[0] for _, _, x, _ in chosen], [labels for *_, labels in chosen]
+            for (i, *_), answer in zip(chosen, _answers(model, batch.out, sizes, label_maps), strict=True):
+                results[i] = (
+                    answer if isinstance(answer, ValueError) else Answer(model, queries[i].session_id, answer)
+                )
     return results
 
 
@@ -91,28 +92,46 @@ def predict(
     """``model``'s net with ``params`` (a session's or the initialization's own) on the queries ``x``
     (see ``query_tensor``), answered as ``answer_many`` answers."""
     with torch.no_grad():
-        return _answers(model, model.learner.predict(params, x.to(model.device)), label_map)
+        out = model.learner.predict(params, x.to(model.device)).unsqueeze(0)
+    (answer,) = _answers(model, out, [x.shape[0]], [label_map])
+    if isinstance(answer, ValueError):
+        raise answer
+    return answer
 
 
-def _answers(model: LoadedModel, out: Tensor, label_map: Sequence[Label] | None) -> list[Any]:
-    """Regression gives a float per query (a list of floats for several targets). Classification gives
-    ``{"label": ..., "probabilities": {label: p}}`` per query, the softmax over the head's first
-    ``len(label_map)`` classes, named by ``label_map``; without one, over all classes, named 0..ways-1.
-    Non-finite outputs are refused (finite logits give finite probabilities)."""
+def _answers(
+    model: LoadedModel, out: Tensor, sizes: Sequence[int], label_maps: Sequence[Sequence[Label] | None]
+) -> list[list[Any] | ValueError]:
+    """Each set's answers from its row of a batch's outputs ``[sets, longest, outputs]``, the first
+    ``sizes[r]`` of them: regression gives a float per query (a list of floats for several targets);
+    classification gives ``{"label": ..., "probabilities": {label: p}}`` per query, the softmax over the
+    head's first ``len(label_maps[r])`` classes, named by it (without one, over all classes, named
+    0..ways-1). A set with non-finite outputs gets a ``ValueError`` instead (finite logits give finite
+    probabilities). The batch is read into Python once, not set by set."""
     out = out.float().cpu()
-    values: list[list[float]] = out.tolist()  # checked in Python: a few floats cost less than torch calls
-    if not all(math.isfinite(v) for row in values for v in row):
-        raise ValueError("x: the predictions are not finite; these inputs lie far outside what it knows")
+    finite = torch.isfinite(out).all(-1).tolist()
     if model.kind == "regression":
-        answers: list[Any] = [row[0] for row in values] if model.ways == 1 else values
+        values = out.tolist()
     else:
-        labels = list(range(model.ways)) if label_map is None else list(label_map)
-        probabilities = out[:, : len(labels)].softmax(-1)
-        answers = [
-            {
-                "label": labels[int(row.argmax())],
-                "probabilities": dict(zip(labels, row.tolist(), strict=True)),
-            }
-            for row in probabilities
-        ]
+        widths = [model.ways if labels is None else len(labels) for labels in label_maps]
+        beyond = torch.arange(out.shape[-1]) >= torch.tensor(widths)[:, None, None]
+        probabilities = out.masked_fill(beyond, -math.inf).softmax(-1)  # exp(-inf) is 0: a narrower softmax
+        values, best = probabilities.tolist(), probabilities.argmax(-1).tolist()
+    answers: list[list[Any] | ValueError] = []
+    for r, (size, label_map) in enumerate(zip(sizes, label_maps, strict=True)):
+        if not all(finite[r][:size]):
+            answers.append(ValueError(_NOT_FINITE))
+        elif model.kind == "regression":
+            answers.append([row[0] for row in values[r][:size]] if model.ways == 1 else values[r][:size])
+        else:
+            labels = list(range(model.ways)) if label_map is None else list(label_map)
+            answers.append(
+                [
+                    {"label": labels[k], "probabilities": dict(zip(labels, row, strict=False))}
+                    for k, row in zip(best[r][:size], values[r][:size], strict=True)
+                ]
+            )
     return answers
+
+
+_NOT_FINITE = "x: the predictions are not finite; these inputs lie far outside what it knows"
