@@ -8,6 +8,7 @@ import shutil
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -24,11 +25,25 @@ from app.db.engine import make_engine
 from app.db.migrate import migrate
 from app.keys import ADMIN_KEY_FILE
 from app.meta import Algorithm, Learner, TaskBatch, build_net
+from app.meta.flat import Flat
+from app.meta.stacked import predict_batches
 from app.meta.tasks.noise_images import noise_image_tasks
 from app.meta.tasks.sinusoid import sinusoid_tasks
 from tests.postgres import NO_DRIVER, PostgresServer, postgres_server, unavailable
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def predict_each(
+    learner: Learner, base: dict[str, Tensor], changed: list[Flat], xs: list[Tensor], **options: Any
+) -> list[Tensor]:
+    """Each query set's outputs, cut from the batches ``predict_batches`` ran them in (padding dropped),
+    to compare with the same set predicted alone."""
+    outputs = [torch.empty(0)] * len(xs)
+    for batch in predict_batches(learner, base, changed, xs, **options):
+        for row, i in zip(batch.out.unbind(), batch.indices, strict=True):
+            outputs[i] = row[: xs[i].shape[0]]
+    return outputs
 
 
 def reference_module(learner: Learner) -> nn.Module:

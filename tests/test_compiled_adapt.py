@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from app.meta import InnerLoop, Learner, TaskBatch, adapt
-from app.meta.stacked import adapt_many, predict_many
+from app.meta.stacked import adapt_many
+from tests.conftest import predict_each
 
 
 def test_compiled_adaptation_matches_eager(sinusoid_learner: Learner, sinusoid_batch: TaskBatch) -> None:
@@ -31,8 +32,8 @@ def test_compiled_batches_match_eager(sinusoid_learner: Learner, sinusoid_batch:
         assert torch.allclose(e.changed.tensor, f.changed.tensor, rtol=1e-5, atol=1e-6)
     sets, queries = [a.changed for a in eager], [sinusoid_batch.task(t)[2] for t in range(4)]
     for e, f in zip(
-        predict_many(sinusoid_learner, params, sets, queries),
-        predict_many(sinusoid_learner, params, sets, queries, compile_forward=True),
+        predict_each(sinusoid_learner, params, sets, queries),
+        predict_each(sinusoid_learner, params, sets, queries, compile_forward=True),
         strict=True,
     ):
         assert torch.allclose(e, f, rtol=1e-5, atol=1e-6)

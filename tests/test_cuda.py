@@ -8,8 +8,15 @@ import pytest
 import torch
 
 from app.meta import ALGORITHMS, InnerLoop, Learner, TaskBatch, adapt, build_algorithm, vectorizes
-from app.meta.stacked import adapt_many, predict_many
-from tests.conftest import leaf_params, meta_params, reference_meta_gradient, relative_error, requires_cuda
+from app.meta.stacked import adapt_many
+from tests.conftest import (
+    leaf_params,
+    meta_params,
+    predict_each,
+    reference_meta_gradient,
+    relative_error,
+    requires_cuda,
+)
 
 pytestmark = [requires_cuda, pytest.mark.cuda]
 
@@ -64,7 +71,7 @@ def test_gpu_batched_predictions_reach_the_host_equal_to_each_alone(
                 for n in (5, 5, 7)]  # fmt: skip
     sessions = [a.changed for a in adapt_many(sinusoid_learner, params, supports, InnerLoop(1, 0.01))]
     queries = [torch.randn(n, 1, generator=generator).cuda() for n in (3, 100, 1)]
-    outputs = predict_many(sinusoid_learner, params, sessions, queries, to=torch.device("cpu"))
+    outputs = predict_each(sinusoid_learner, params, sessions, queries, to=torch.device("cpu"))
     for changed, x, out in zip(sessions, queries, outputs, strict=True):
         assert out.device.type == "cpu"
         expected = sinusoid_learner.predict({**params, **changed.params()}, x).cpu()

@@ -11,7 +11,8 @@ from torch import Tensor
 
 from app.meta import InnerLoop, Learner, adapt
 from app.meta.flat import Flat, flatten, stacked
-from app.meta.stacked import adapt_many, predict_many
+from app.meta.stacked import adapt_many
+from tests.conftest import predict_each
 
 Support = tuple[Tensor, Tensor]
 
@@ -86,7 +87,7 @@ def test_ragged_queries_predict_as_each_alone(sinusoid_learner: Learner, generat
     supports = regression_sets([5, 6, 7], generator)
     sessions = [a.changed for a in adapt_many(sinusoid_learner, params, supports, InnerLoop(1, 0.01))]
     queries = [torch.randn(n, 1, generator=generator) for n in (3, 100, 1)]
-    outputs = predict_many(sinusoid_learner, params, sessions, queries)
+    outputs = predict_each(sinusoid_learner, params, sessions, queries)
     for changed, x, out in zip(sessions, queries, outputs, strict=True):
         torch.testing.assert_close(
             out, sinusoid_learner.predict({**params, **changed.params()}, x), rtol=1e-5, atol=1e-6
@@ -104,7 +105,7 @@ def test_batch_norm_queries_group_by_size(
         )
     ]
     queries = [x for x, _ in image_sets([2, 8, 2, 8], generator)]
-    outputs = predict_many(conv4_learner, params, heads, queries)
+    outputs = predict_each(conv4_learner, params, heads, queries)
     for changed, x, out in zip(heads, queries, outputs, strict=True):
         torch.testing.assert_close(
             out, conv4_learner.predict({**params, **changed.params()}, x), rtol=1e-4, atol=1e-5
@@ -129,7 +130,7 @@ def test_head_only_sessions_share_their_convolutions_in_batches_that_fit_the_cpu
         return learner.predict(p, x)
 
     monkeypatch.setattr("app.meta.stacked._forward", counted)
-    outputs = predict_many(conv4_learner, params, heads, queries)
+    outputs = predict_each(conv4_learner, params, heads, queries)
     assert sorted(sets_per_pass) == [2, 2, 2, 3], "sets of 2 queries two at a time, the three of 1 at once"
     for changed, x, out in zip(heads, queries, outputs, strict=True):
         torch.testing.assert_close(
@@ -140,7 +141,7 @@ def test_head_only_sessions_share_their_convolutions_in_batches_that_fit_the_cpu
 def test_initialization_alone_predicts_through_the_same_path(sinusoid_learner: Learner) -> None:
     params = leaves(sinusoid_learner)
     queries = [torch.linspace(-5, 5, n).unsqueeze(-1) for n in (4, 9)]
-    outputs = predict_many(sinusoid_learner, params, [flatten({})] * 2, queries)
+    outputs = predict_each(sinusoid_learner, params, [flatten({})] * 2, queries)
     for x, out in zip(queries, outputs, strict=True):
         torch.testing.assert_close(out, sinusoid_learner.predict(params, x))
 
@@ -150,7 +151,7 @@ def test_mismatched_sets_are_refused(sinusoid_learner: Learner) -> None:
     with pytest.raises(ValueError, match="same tensor names"):
         stacked([flatten({"a": torch.zeros(1)}), flatten({"b": torch.zeros(1)})])
     with pytest.raises(ValueError, match="one query set per parameter set"):
-        predict_many(sinusoid_learner, params, [flatten({})], [torch.zeros(1, 1), torch.zeros(1, 1)])
+        predict_each(sinusoid_learner, params, [flatten({})], [torch.zeros(1, 1), torch.zeros(1, 1)])
 
 
 def test_flat_sets_stack_into_the_tensors_they_were_made_of(generator: torch.Generator) -> None:

@@ -31,7 +31,6 @@ __all__ = [
     "Batch",
     "adapt_many",
     "predict_batches",
-    "predict_many",
 ]
 
 CPU_CONV_ACTIVATIONS = 2**19
@@ -88,23 +87,6 @@ def predict_batches(
             out = out if to is None else out.to(to)
             batches.append(Batch(group, out.unsqueeze(0) if len(group) == 1 else out))
     return batches
-
-
-def predict_many(
-    learner: Learner,
-    base: Params,
-    changed: Sequence[Flat],
-    xs: Sequence[Tensor],
-    compile_forward: bool = False,
-    to: torch.device | None = None,
-) -> list[Tensor]:
-    """``predict_batches``' outputs split into one tensor per query set, in order."""
-    outputs: list[Tensor] = [torch.empty(0)] * len(xs)
-    for batch in predict_batches(learner, base, changed, xs, compile_forward, to):
-        for row, i in zip(batch.out.unbind(), batch.indices, strict=True):
-            size = xs[i].shape[0]  # not len(): Tensor.__len__ is a Python call
-            outputs[i] = row if row.shape[0] == size else row[:size]
-    return outputs
 
 
 def adapt_many(
