@@ -24,7 +24,7 @@ from torch import Tensor
 
 from app.config import Settings
 from app.db.tables import AdaptedSession, Initialization, utc_now, visible_to
-from app.files import write_atomically
+from app.files import write_new
 from app.meta import InnerLoop, Params
 from app.meta.flat import Flat, flatten
 from app.meta.functional import net_params
@@ -217,7 +217,7 @@ class SessionStore:
         session_id = secrets.token_urlsafe(32)
         path = f"{SESSIONS}/{session_id}.safetensors"
         tensors = _serialized(adaptation.changed)
-        write_atomically(self.settings.data_dir / path, tensors, durable=self.settings.durable_writes)
+        write_new(self.settings.data_dir / path, tensors, durable=self.settings.durable_writes)
         now = utc_now()
         return {
             "id": session_id,
