@@ -93,22 +93,21 @@ def test_the_host_tier_drops_its_least_recently_used_set() -> None:
     assert (device.misses, host.hits, host.misses) == (2, 1, 1)
 
 
-def test_get_answers_a_copy_of_what_was_put_whose_views_are_the_tensors_put() -> None:
+def test_a_set_that_owns_its_tensor_is_kept_as_it_is_and_answers_the_tensors_put() -> None:
     params = {
         "w": torch.randn(40, 1),
         "b": torch.randn(40),
         "scale": torch.tensor(0.5),
         "m": torch.randn(3, 4).T,
     }
-    expected = {k: v.clone() for k, v in params.items()}
     flat = flatten(params)
     cache = SessionCache(CPU, 10_000, 0)
     cache.put("a", flat)
-    flat.tensor.zero_()
     found = cache.get("a")
-    assert found is not None and list(found.params()) == list(expected)
-    assert all(torch.equal(found.params()[k], expected[k]) for k in expected)
-    assert all(found.params()[k].shape == expected[k].shape for k in expected)
+    assert found is not None and found.tensor is flat.tensor, "handed over, not copied"
+    assert list(found.params()) == list(params)
+    assert all(torch.equal(found.params()[k], params[k]) for k in params)
+    assert all(found.params()[k].shape == params[k].shape for k in params)
 
 
 def test_the_budget_counts_the_bytes_of_the_copy_not_of_the_batch_a_set_is_a_row_of() -> None:
@@ -195,11 +194,10 @@ def test_concurrent_puts_gets_and_discards_keep_every_set_and_count_consistent()
 @pytest.mark.cuda
 def test_on_cuda_the_host_tier_holds_host_copies_and_the_device_frees_what_it_demotes() -> None:
     cuda = torch.device("cuda")
-    a, b = head(1, cuda), head(2, cuda)
     cache = SessionCache(cuda, HEAD, HEAD)
-    cache.put("a", a)
+    cache.put("a", head(1, cuda))  # handed over: the cache holds the only reference
     with_one = torch.cuda.memory_allocated(cuda)
-    cache.put("b", b)  # a demoted: its device copy freed
+    cache.put("b", head(2, cuda))  # a demoted: its device tensor freed
     assert torch.cuda.memory_allocated(cuda) == with_one
     found = cache.get("a")  # a promoted, b demoted
     assert found is not None and found.tensor.device.type == "cuda"

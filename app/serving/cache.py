@@ -85,7 +85,7 @@ class SessionCache:
 
     Sets are ``Flat``: one tensor each, so the per-tensor overhead of Python and torch objects (measured
     in ``bench/resident.py``) is paid once per set. Budgets count the bytes the tensors hold: ``put``
-    copies each set's tensor (often a row of a batch's), so no larger tensor is kept alive unaccounted.
+    copies a set that views a larger tensor (a row of a batch's), so none is kept alive unaccounted.
     Safe to share across threads; copies between tiers happen under the lock."""
 
     def __init__(self, device: torch.device, device_bytes: int, host_bytes: int) -> None:
@@ -118,10 +118,15 @@ class SessionCache:
         return entry
 
     def put(self, key: str, params: Flat) -> None:
-        """Keep a copy of ``params`` under ``key`` on the device, replacing the set in either tier."""
+        """Keep ``params`` under ``key`` on the device, replacing the set in either tier. A set that views a
+        larger tensor (a row of a batch's) or lies elsewhere is copied; one whose tensor is all of its
+        storage is kept as it is, handed over by its caller: a copy would only leave the allocator a hole
+        the size of each set (``bench/resident.py`` measured twice the memory per Conv4 session)."""
         if not params.layout:
             raise ValueError("params: an empty set is not kept")
-        entry = params.to(self.device, copy=True)
+        tensor = params.tensor
+        owned = tensor.device == self.device and tensor.untyped_storage().nbytes() == tensor.nbytes
+        entry = params if owned else params.to(self.device, copy=True)
         with self._lock:
             self._device.pop(key)
             self._host.pop(key)
