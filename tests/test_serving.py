@@ -366,6 +366,20 @@ def test_sessions_of_two_three_and_five_labels_predicted_in_one_batch_answer_as_
             assert found["probabilities"] == pytest.approx(expected["probabilities"], rel=1e-4, abs=1e-6)
 
 
+def test_a_session_read_back_from_its_file_batches_with_one_fresh_from_adaptation(
+    registry: Registry, store: SessionStore
+) -> None:
+    model = registry.get("sinusoid")
+    records = [store.create(model, *sinusoid(seed)[:2]) for seed in (1, 2)]
+    store.cache.discard(records[0].id)  # read from its file, laid out as adaptation lays it out
+    queries = [Query([-2.0, 0.5, 3.0], session_id=r.id) for r in records]
+    together = answer_many(registry, store, queries)
+    for query, record, answer in zip(queries, records, together, strict=True):
+        _, params = store.get(record.id)
+        alone = predict(model, params, query_tensor(model, query.x, 20))
+        assert isinstance(answer, Answer) and answer.predictions == pytest.approx(alone, rel=1e-5)
+
+
 def test_the_initialization_predicts_without_a_session_naming_head_classes_by_number(
     registry: Registry,
 ) -> None:
