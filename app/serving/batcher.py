@@ -139,8 +139,8 @@ class Batcher(Generic[Item, Result]):
             call.running = asyncio.ensure_future(self._run_batch([call]))
             return
         self._queue.append(call)
-        if self._full is not None and len(self._queue) >= self.max_batch and not self._full.done():
-            self._full.set_result(None)
+        if self._full is not None and len(self._queue) >= self.max_batch:
+            _settle_none(self._full)
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._work())
 
@@ -225,5 +225,6 @@ class Batcher(Generic[Item, Result]):
 
 
 def _settle_none(future: asyncio.Future[None]) -> None:
+    """End the worker's wait for company (a full batch, or its delay spent), once."""
     if not future.done():
         future.set_result(None)
