@@ -92,6 +92,8 @@ def stacked(sets: Sequence[Flat]) -> Params:
     layout = sets[0].layout
     if any(s.layout is not layout and s.layout != layout for s in sets):
         raise ValueError("stacked parameter sets must all hold the same tensor names and shapes")
+    if not layout:  # queries on an initialization as it is: nothing to stack
+        return {}
     batch = torch.stack([s.tensor for s in sets])
     width = batch.shape[1]
     return {s.name: batch.as_strided((len(sets), *s.shape), (width, *s.stride), s.offset) for s in layout}
