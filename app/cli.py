@@ -62,6 +62,7 @@ def serve(
         "app.main:create_app",
         factory=True,
         workers=workers,
+        timeout_worker_healthcheck=settings.worker_healthcheck_seconds,
         host=settings.host,
         port=settings.port,
         log_config=_log_config(workers),

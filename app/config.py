@@ -90,6 +90,13 @@ class Settings(BaseSettings):
         description="Run /adapt's inner steps and /predict's forward passes through torch.compile: less "
         "Python overhead per batch on a GPU, a compile of some seconds per new shape; no help on a CPU.",
     )
+    worker_healthcheck_seconds: int = Field(
+        default=60,
+        ge=1,
+        description="With `--workers N`, how long a worker may leave the parent's ping unanswered before it "
+        "is killed as hung and replaced. A worker answers once its imports are done, which take seconds on a "
+        "loaded machine: uvicorn's default of 5 killed starting workers over and over.",
+    )
     drain_seconds: float = Field(
         default=3.0,
         ge=0,

@@ -1,6 +1,7 @@
 """Several service processes on one data directory (SQLite here; test_postgres.py for PostgreSQL): the workers
-of ``metaserve serve --workers 2`` migrate the database once, answer alike for a session whichever of them
-adapted it, and one process at a time runs the jobs, another taking over when it dies."""
+of ``metaserve serve --workers 2`` migrate the database once, outlive a stall of some seconds, answer alike
+for a session whichever of them adapted it, and one process at a time runs the jobs, another taking over
+when it dies."""
 
 from __future__ import annotations
 
@@ -36,6 +37,9 @@ ROUNDS = 30
 """Most sessions to adapt until both workers have answered, one for a session the other adapted."""
 CALLS = ("/adapt", "/predict")
 STARTED, LEADS = "Application startup complete.", "runs the jobs of"
+STALL_SECONDS = 8
+"""How long a worker is stopped: longer than uvicorn's own 5 s health check, which killed workers still
+importing on a loaded machine, shorter than ``METASERVE_WORKER_HEALTHCHECK_SECONDS``."""
 
 
 def lines(log: Path) -> list[dict[str, Any]]:
@@ -60,6 +64,11 @@ def test_two_workers_migrate_once_serve_each_others_sessions_and_one_runs_the_jo
     with server_process(data, port, log, only(models_dir), ["--workers", str(WORKERS)]) as (server, _):
         until(lambda: len(logged(log, STARTED)) == WORKERS, "both workers to start")
         workers = set(logged(log, STARTED))
+        stalled = min(workers)
+        os.kill(stalled, signal.SIGSTOP)
+        time.sleep(STALL_SECONDS)
+        os.kill(stalled, signal.SIGCONT)
+        assert "died" not in log.read_text(), "a stalled worker was killed as hung"
         # A connection per request, so that the kernel hands each to either worker.
         http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60, headers={"Connection": "close"})
         with Client(http=http, api_key=admin_key(data)) as client:
