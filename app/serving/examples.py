@@ -81,8 +81,10 @@ def _stacked(
 
 
 def _holds_bool(values: list[Any]) -> bool:
-    """Whether a true or false hides in nested lists, where numpy would read it as a number."""
-    return any(type(v) is bool or (type(v) is list and _holds_bool(v)) for v in values)
+    """Whether a true or false hides in nested lists, where numpy would read it as a number. The types of a
+    list are gathered in C first: a flat list of numbers, the usual support set, takes no Python loop."""
+    kinds = set(map(type, values))
+    return bool in kinds or (list in kinds and any(type(v) is list and _holds_bool(v) for v in values))
 
 
 def _input(value: Any, shape: tuple[int, ...], where: str) -> np.ndarray:
