@@ -29,6 +29,11 @@ from bench.report import cpu_name, machine, table, write  # noqa: E402
 TARGETS = {"cpu": {"sinusoid": 10.0, "glyphs": 2.0, "conv4-maml": 2.0}, "cuda": {"*": 100.0}}
 """Batched over one-at-a-time sessions/s: issue 6's targets at 64 sessions on a CPU, 1,024 on a GPU."""
 
+KERNELS = ("conv", "batch_norm", "max", "clamp", "relu", "threshold", "mm", "mul", "add", "sub", "div", "sum",
+           "mean", "var", "softmax", "nll", "mse", "exp", "log", "pow", "sqrt")  # fmt: skip
+"""Substrings of the aten ops that compute; the rest (views, copies, allocations) and the Python around
+them is what batching removes, with the per-call cost of small kernels."""
+
 ALONE = 128
 """At most this many sessions are timed one at a time: that rate per session does not depend on how
 many wait, and 1,024 of them one by one would take much of a GPU lease."""
@@ -124,10 +129,32 @@ def measure(
         "adapt_ratio": rates["adapt batched"] / rates["adapt one at a time"],
         "predict_ratio": rates["predict batched"] / rates["predict one at a time"],
     }
+    if device.type == "cpu":
+        works = {"adapt": adapt_alone, "predict": predict_alone}
+        row["kernel_share"] = {k: kernel_share(work) for k, work in works.items()}
     if compiled:
         row["compiled_adapt_ratio"] = rates["adapt batched, compiled"] / rates["adapt batched"]
         row["compiled_predict_ratio"] = rates["predict batched, compiled"] / rates["predict batched"]
     return row
+
+
+def kernel_share(work: Callable[[], object]) -> float:
+    """The share of one run of ``work`` on a CPU that torch's compute kernels (``KERNELS``) take, by their
+    self time under the profiler over that run's wall time (so that the VM's drift between runs cannot
+    skew it; the profiler's own cost only lowers it). Where each kernel's time is its arithmetic (large
+    ones), a batch that removed everything else would gain at most 1 / share."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        started = time.perf_counter()
+        work()
+        wall = time.perf_counter() - started
+    events = profile.key_averages()
+    micros = sum(e.self_cpu_time_total for e in events if e.key.startswith("aten::") and _computes(e.key))
+    return micros / 1e6 / wall
+
+
+def _computes(op: str) -> bool:
+    """Whether the aten op named ``op`` is one of ``KERNELS``."""
+    return any(k in op for k in KERNELS)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -155,7 +182,7 @@ def markdown(report: dict[str, Any]) -> str:
     info = report["machine"]
     header = ["workload", "sessions", "adapt alone /s", "adapt batched /s", "ratio", "predict alone /s",
               "predict batched /s", "ratio", "target", "adapt compiled ÷ eager",
-              "predict compiled ÷ eager"]  # fmt: skip
+              "predict compiled ÷ eager", "alone in kernels: adapt / predict"]  # fmt: skip
     rows = []
     for r in report["rows"]:
         s = r["sessions_per_s"]
@@ -167,8 +194,10 @@ def markdown(report: dict[str, Any]) -> str:
         compiled = [
             f"{r[k]:.2f}x" if k in r else "-" for k in ("compiled_adapt_ratio", "compiled_predict_ratio")
         ]
+        shares = r.get("kernel_share")
+        kernels = "-" if shares is None else " / ".join(f"{shares[k]:.0%}" for k in ("adapt", "predict"))
         rows.append([r["workload"], str(r["sessions"]), *rates, f"{r['adapt_ratio']:.1f}x", *predict_rates,
-                     f"{r['predict_ratio']:.1f}x", target, *compiled])  # fmt: skip
+                     f"{r['predict_ratio']:.1f}x", target, *compiled, kernels])  # fmt: skip
     return "\n".join([
         f"# Engine-level batching, {info['date']}, commit {info['commit']}",
         "",
@@ -179,7 +208,11 @@ def markdown(report: dict[str, Any]) -> str:
         "5-way 1-shot, the card's ANIL head-only loop; "
         "conv4-maml: the same net adapting every tensor; in true float32 (TF32 off), as the service "
         "serves. Compiled ÷ eager: the batched calls through "
-        "`torch.compile` (`--compile`, the service's `METASERVE_COMPILE`) over the same calls eager.",
+        "`torch.compile` (`--compile`, the service's `METASERVE_COMPILE`) over the same calls eager. "
+        "Alone in kernels (CPU): the share of the one-at-a-time time that torch's compute kernels take "
+        "(their self time under the profiler). Where each kernel is large (Conv4's), a batch that removed "
+        "all the rest would gain at most 1 ÷ share; tiny kernels (the sinusoid's) are mostly their own "
+        "per-call cost, which batching removes too.",
         "",
         *table(header, rows),
         "",
