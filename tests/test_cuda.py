@@ -9,6 +9,7 @@ import torch
 
 from app.meta import ALGORITHMS, InnerLoop, Learner, TaskBatch, adapt, build_algorithm, vectorizes
 from app.meta.stacked import adapt_many
+from app.serving.sessions import _on_host
 from tests.conftest import (
     leaf_params,
     meta_params,
@@ -76,3 +77,16 @@ def test_gpu_batched_predictions_reach_the_host_equal_to_each_alone(
         assert out.device.type == "cpu"
         expected = sinusoid_learner.predict({**params, **changed.params()}, x).cpu()
         torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)  # CUDA rounds stacked matmuls apart
+
+
+def test_gpu_sessions_reach_the_host_for_their_files_in_one_copy_equal_to_each_alone(
+    sinusoid_learner: Learner, generator: torch.Generator
+) -> None:
+    params = {k: v.detach().cuda() for k, v in sinusoid_learner.net.named_parameters()}
+    supports = [(torch.randn(5, 1, generator=generator).cuda(), torch.randn(5, 1, generator=generator).cuda())
+                for _ in range(3)]  # fmt: skip
+    tensors = [a.changed.tensor for a in adapt_many(sinusoid_learner, params, supports, InnerLoop(1, 0.01))]
+    hosts = _on_host(tensors)
+    assert all(
+        h.device.type == "cpu" and torch.equal(h, t.cpu()) for h, t in zip(hosts, tensors, strict=True)
+    )

@@ -637,7 +637,8 @@ def test_bad_queries_are_refused_naming_the_field(registry: Registry, x: list[An
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_session_files_are_the_bytes_safetensors_torch_writes(dtype: torch.dtype) -> None:
     tensors = {"head.weight": torch.randn(5, 64).to(dtype), "head.bias": torch.randn(5).to(dtype)}
-    written = _serialized(rows_of({k: torch.stack([v, v]) for k, v in tensors.items()}, list(tensors))[1])
+    row = rows_of({k: torch.stack([v, v]) for k, v in tensors.items()}, list(tensors))[1]
+    written = _serialized(row.tensor, row.layout)
     assert written == save(tensors)
     assert all(torch.equal(v, tensors[k]) for k, v in load(written).items())
 

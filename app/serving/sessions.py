@@ -26,7 +26,7 @@ from app.config import Settings
 from app.db.tables import AdaptedSession, Initialization, utc_now, visible_to
 from app.files import write_new
 from app.meta import InnerLoop, Params
-from app.meta.flat import Flat, flatten
+from app.meta.flat import Flat, Layout, flatten
 from app.meta.functional import net_params
 from app.meta.nets import is_head
 from app.meta.stacked import Adaptation, adapt_many
@@ -166,13 +166,16 @@ class SessionStore:
             if model.device.type == "cuda":
                 torch.cuda.synchronize(model.device)
             seconds = time.perf_counter() - started
-            for (i, x, _, label_map), adaptation in zip(members, adapted, strict=True):
+            hosts = _on_host([adaptation.changed.tensor for adaptation in adapted])
+            for (i, x, _, label_map), adaptation, host in zip(members, adapted, hosts, strict=True):
                 try:
                     rows.append(
                         (
                             i,
                             {
-                                **self._written(model, steps, lr, len(x), label_map, adaptation, seconds),
+                                **self._written(
+                                    model, steps, lr, len(x), label_map, adaptation, host, seconds
+                                ),
                                 "owner": supports[i].owner,
                             },
                             adaptation.changed,
@@ -203,9 +206,11 @@ class SessionStore:
         size: int,
         label_map: builtins.list[Label] | None,
         adaptation: Adaptation,
+        host: Tensor,
         seconds: float,
     ) -> dict[str, Any]:
-        """Check an adaptation's losses, write its file, and return the row that will name it."""
+        """Check an adaptation's losses, write its file from ``host`` (its tensor on the host), and return the
+        row that will name it."""
         before, after = adaptation.loss_before, adaptation.loss_after
         # A non-finite loss means unusable parameters (and SQLite would store NaN as NULL): refuse it.
         if not math.isfinite(before):
@@ -216,7 +221,7 @@ class SessionStore:
             )
         session_id = secrets.token_urlsafe(32)
         path = f"{SESSIONS}/{session_id}.safetensors"
-        tensors = _serialized(adaptation.changed)
+        tensors = _serialized(host, adaptation.changed.layout)
         write_new(self.settings.data_dir / path, tensors, durable=self.settings.durable_writes)
         now = utc_now()
         return {
@@ -396,11 +401,18 @@ _TOUCH_MANY = (
 )
 
 
-def _serialized(changed: Flat) -> bytes:
-    """The safetensors bytes of a session's tensors, the same bytes as ``safetensors.torch.save`` in a
-    fifth of its time (a file is written per /adapt): each tensor is named by where it lies in the one
-    host tensor, with no array or view made per tensor."""
-    host = changed.tensor.cpu()  # kept alive until serialize has read it
+def _on_host(tensors: Sequence[Tensor]) -> builtins.list[Tensor]:
+    """A batch's flat tensors (one layout) on the host, for their files: from a device in one copy, where a
+    copy each would wait on the device once per session; on a CPU as they are."""
+    if not tensors or tensors[0].device.type == "cpu":
+        return builtins.list(tensors)
+    return builtins.list(torch.stack(builtins.list(tensors)).cpu().unbind())
+
+
+def _serialized(host: Tensor, layout: Layout) -> bytes:
+    """The safetensors bytes of a session's tensors, laid out by ``layout`` in its one ``host`` tensor: the
+    same bytes as ``safetensors.torch.save`` in a fifth of its time (a file is written per /adapt), each
+    tensor named by where it lies, with no array or view made per tensor."""
     base, item, dtype = host.data_ptr(), host.element_size(), str(host.dtype).removeprefix("torch.")
     return bytes(
         serialize(
@@ -408,7 +420,7 @@ def _serialized(changed: Flat) -> bytes:
                 s.name: TensorSpec(
                     dtype=dtype, shape=s.shape, data_ptr=base + s.offset * item, data_len=s.size * item
                 )
-                for s in changed.layout
+                for s in layout
             }
         )
     )
