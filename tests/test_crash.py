@@ -210,6 +210,10 @@ def test_sigterm_drains_with_503s_while_the_request_in_flight_finishes_and_check
         session = slow["session"]
         assert client.session(session.session_id).created == session.created
         assert len(client.predict(QUERIES, session_id=session.session_id).predictions) == len(QUERIES)
-        until(lambda: f"resumes from iteration {stopped}" in worker_log.read_text(), "the job to resume")
+        until(
+            lambda: f"resumes from iteration {stopped}" in worker_log.read_text(),
+            "the job to resume",
+            log=worker_log,
+        )
         until(lambda: client.job(job.job_id).iteration > stopped, "the resumed job to train")
         client.cancel_job(job.job_id)

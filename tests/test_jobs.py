@@ -31,6 +31,8 @@ from tests.test_serve_e2e import free_port, server_process, serving
 from tests.test_serving import sinusoid
 
 WAIT_SECONDS = 120
+LOG_LINES = 40
+"""How much of a server's log a timed-out wait shows."""
 SHORT = {"family": "sinusoid", "meta_batch": 4, "val_tasks": 20, "val_every": 20, "checkpoint_every": 20}
 QUICK = {"METASERVE_JOB_STALE_SECONDS": "2"}
 
@@ -41,11 +43,14 @@ def jobs(tmp_path: Path) -> Iterator[JobStore]:
         yield JobStore(make_session_factory(engine))
 
 
-def until(check: Callable[[], Any], what: str, seconds: float = WAIT_SECONDS) -> Any:
-    """Poll ``check`` until it returns something truthy, and return that."""
+def until(check: Callable[[], Any], what: str, seconds: float = WAIT_SECONDS, log: Path | None = None) -> Any:
+    """Poll ``check`` until it returns something truthy, and return that. A timeout's failure ends with the
+    last lines of ``log`` (a server's), which say why."""
     deadline = time.monotonic() + seconds
     while not (found := check()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        if time.monotonic() >= deadline:
+            tail = "" if log is None else "\n" + "\n".join(log.read_text().splitlines()[-LOG_LINES:])
+            raise AssertionError(f"timed out waiting for {what}{tail}")
         time.sleep(0.2)
     return found
 

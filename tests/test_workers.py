@@ -62,7 +62,7 @@ def test_two_workers_migrate_once_serve_each_others_sessions_and_one_runs_the_jo
 ) -> None:
     data, log, port = tmp_path / "data", tmp_path / "serve.log", free_port()
     with server_process(data, port, log, only(models_dir), ["--workers", str(WORKERS)]) as (server, _):
-        until(lambda: len(logged(log, STARTED)) == WORKERS, "both workers to start")
+        until(lambda: len(logged(log, STARTED)) == WORKERS, "both workers to start", log=log)
         workers = set(logged(log, STARTED))
         stalled = min(workers)
         os.kill(stalled, signal.SIGSTOP)
@@ -83,7 +83,7 @@ def test_two_workers_migrate_once_serve_each_others_sessions_and_one_runs_the_jo
                     answers[session_id].add(tuple(answer))
                     calls.append(session_id)
                 # A request's line is logged once its answer has gone out: wait for the last one.
-                until(lambda: len(callers(log)) == len(calls), "every call's log line")
+                until(lambda: len(callers(log)) == len(calls), "every call's log line", log=log)
                 served = defaultdict(set)
                 for session, pid in zip(calls, callers(log), strict=True):
                     served[session].add(pid)
@@ -93,14 +93,16 @@ def test_two_workers_migrate_once_serve_each_others_sessions_and_one_runs_the_jo
             assert any(len(pids) == WORKERS for pids in served.values()), "no session served by both"
             assert all(len(found) == 1 for found in answers.values()), "workers answered a session unlike"
 
-            until(lambda: logged(log, LEADS), "a process to run the jobs")
+            until(lambda: logged(log, LEADS), "a process to run the jobs", log=log)
             time.sleep(3 * POLL_SECONDS)  # each worker tries to at every tick
             (leader,) = logged(log, LEADS)
             assert leader in workers
             os.kill(leader, signal.SIGKILL)
-            until(lambda: len(logged(log, LEADS)) == 2, "another process to run the jobs")
+            until(lambda: len(logged(log, LEADS)) == 2, "another process to run the jobs", log=log)
             assert logged(log, LEADS)[1] != leader
-            until(lambda: len(logged(log, STARTED)) == WORKERS + 1, "the killed worker's replacement")
+            until(
+                lambda: len(logged(log, STARTED)) == WORKERS + 1, "the killed worker's replacement", log=log
+            )
             x, y, query_x, _ = sinusoid(seed=99, queries=10)
             assert client.predict(query_x.tolist(), session_id=client.adapt(x, y).session_id).predictions
         server.send_signal(signal.SIGTERM)
