@@ -22,6 +22,7 @@ from app.keys import create_key, list_keys, revoke_key
 from app.logs import logging_config
 from app.meta import Estimate
 from app.meta.distributed import init_from_env
+from app.meta.host_memory import keep_freed_memory
 from app.meta.train import Progress
 from app.training import TrainSpec, Validation, train
 
@@ -37,6 +38,7 @@ T = TypeVar("T")
 @app.callback()
 def main() -> None:
     """metaserve: few-shot adaptation of meta-trained initializations."""
+    keep_freed_memory()  # for training and evaluation here; each server process does it in create_app
 
 
 @app.command()

@@ -32,6 +32,7 @@ from app.draining import drain_on_sigterm
 from app.jobs.runner import POLL_SECONDS, JobRunner
 from app.jobs.store import JobStore
 from app.locks import FileLock
+from app.meta.host_memory import keep_freed_memory
 from app.meta.precision import use_true_float32
 from app.serving import Registry, SessionStore
 from app.serving.batcher import Batcher
@@ -54,6 +55,7 @@ Result = TypeVar("Result")
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The service for ``settings`` (default: from the METASERVE_* environment)."""
     settings = settings or get_settings()
+    keep_freed_memory()  # before the batcher's thread and the thread pool start
     app = FastAPI(
         title="metaserve",
         summary=package.__doc__,

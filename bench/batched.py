@@ -20,6 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 from app.checkpoint import load_card, load_weights  # noqa: E402
 from app.meta import InnerLoop, Learner, TaskBatch, build_net  # noqa: E402
+from app.meta.host_memory import keep_freed_memory  # noqa: E402
 from app.meta.precision import use_true_float32  # noqa: E402
 from app.meta.stacked import adapt_many, predict_batches  # noqa: E402
 from app.meta.tasks.noise_images import noise_image_tasks  # noqa: E402
@@ -159,7 +160,8 @@ def _computes(op: str) -> bool:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
-    use_true_float32()  # as the service serves
+    use_true_float32()  # as the service serves, and as it keeps freed host memory
+    keep_freed_memory()
     rows = []
     for count in args.sessions:
         for name, (learner, params, inner, tasks) in workloads(count, device).items():

@@ -30,6 +30,7 @@ from app.jobs.spec import JobSpec
 from app.jobs.store import JobStore
 from app.logs import configure as configure_logging
 from app.meta.distributed import init_from_env
+from app.meta.host_memory import keep_freed_memory
 from app.meta.train import Progress, Stopped
 from app.training import TrainSpec, Validation, train
 
@@ -154,6 +155,7 @@ def _reporter(
 
 
 def main(argv: list[str] | None = None) -> None:
+    keep_freed_memory()
     configure_logging(get_settings().log_format)
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
