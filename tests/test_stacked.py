@@ -56,8 +56,8 @@ def test_ragged_support_sets_adapt_as_each_alone(
 
 @pytest.fixture(params=["stacked", "cpu"])
 def conv_form(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """On a CPU conv nets run set by set, or a few sets at once where they share their convolutions;
-    "stacked" runs them as on a GPU, so both paths are checked here."""
+    """On a CPU conv nets stack only sizes with several sets and run the others set by set; "stacked"
+    runs them as on a GPU, so both paths are checked here."""
     if request.param == "stacked":
         monkeypatch.setattr("app.meta.stacked.vectorizes", lambda net, device: True)
     return str(request.param)
@@ -112,17 +112,16 @@ def test_batch_norm_queries_group_by_size(
         )
 
 
-def test_head_only_sessions_share_their_convolutions_in_batches_that_fit_the_cpu_caches(
+def test_conv_sets_on_a_cpu_stack_by_size_and_run_alone_where_too_few_share_one(
     conv4_learner: Learner, generator: torch.Generator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Conv4 with 16 channels on 28x28 images: 12,544 first-layer values per image; room for 4 of them.
-    monkeypatch.setattr("app.meta.stacked.CPU_CONV_ACTIVATIONS", 4 * 16 * 28 * 28)
-    monkeypatch.setattr("app.meta.stacked.CPU_CONV_MIN_SETS", 2)
+    monkeypatch.setattr("app.meta.stacked.CPU_CONV_MIN_SETS", 3)
     params = leaves(conv4_learner)
     supports = image_sets([2, 2, 1, 2, 1, 2, 2, 1, 1], generator)
+    assert_each_alone(conv4_learner, supports, InnerLoop(2, 0.1))
     assert_each_alone(conv4_learner, supports, InnerLoop(2, 0.1, adapts="head"))
     heads = [a.changed for a in adapt_many(conv4_learner, params, supports, InnerLoop(1, 0.1, adapts="head"))]
-    queries = [x for x, _ in image_sets([2, 1, 2, 2, 1, 2, 2, 2, 1], generator)]
+    queries = [x for x, _ in image_sets([2, 1, 2, 2, 1, 2, 2, 2, 3], generator)]
     sets_per_pass: list[int] = []
 
     def counted(learner: Learner, p: dict[str, Tensor], x: Tensor) -> Tensor:
@@ -131,7 +130,7 @@ def test_head_only_sessions_share_their_convolutions_in_batches_that_fit_the_cpu
 
     monkeypatch.setattr("app.meta.stacked._forward", counted)
     outputs = predict_each(conv4_learner, params, heads, queries)
-    assert sorted(sets_per_pass) == [2, 2, 2, 3], "sets of 2 queries two at a time, the three of 1 at once"
+    assert sorted(sets_per_pass) == [1, 1, 1, 6], "the six sets of 2 at once, the rest alone"
     for changed, x, out in zip(heads, queries, outputs, strict=True):
         torch.testing.assert_close(
             out, conv4_learner.predict({**params, **changed.params()}, x), rtol=1e-4, atol=1e-5

@@ -4,43 +4,30 @@ The sets are stacked along a leading task dimension, which every layer takes nat
 so a batch of sessions runs as one forward (and backward) pass instead of one per session. Sets of
 different sizes are padded, with the padding masked out of the loss, when the net treats examples
 independently; a net with batch norm, whose statistics mix a set's examples, runs each size as its own
-batch instead. Either way every answer equals the one computed for that set alone. Where the engine
-does not vectorize tasks (conv nets on a CPU, whose per-task activations overflow the caches), sets with
-convolutions of their own run each alone, and sets that share them (head-only sessions, ANIL's bodies)
-run in batches small enough for the caches.
+batch instead. Either way every answer equals the one computed for that set alone. Conv nets on a CPU
+stack only batches of several sets, where the batch repays the task layout's copies; the process keeps
+freed memory mapped (``host_memory``) so that their large activations are not faulted in afresh.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
 from app.meta.algorithms import vectorizes
 from app.meta.flat import Flat, rows_of, stacked
 from app.meta.functional import InnerLoop, Learner, Params, compiled_form, final_params
 
-__all__ = [
-    "CPU_CONV_ACTIVATIONS",
-    "CPU_CONV_MIN_SETS",
-    "Adaptation",
-    "Batch",
-    "adapt_many",
-    "predict_batches",
-]
+__all__ = ["CPU_CONV_MIN_SETS", "Adaptation", "Batch", "adapt_many", "predict_batches"]
 
-CPU_CONV_ACTIVATIONS = 2**19
-"""How many first-layer values (2 MiB of float32, the L2 caches of a 2-core EPYC) sets that share their
-convolutions run with at once on a CPU: ten glyphs of 28x28 through Conv4's 64 channels, 2.3x faster than
-one at a time for sets of one query, 1.6x for two. Batches twice as large overflow the caches and run
-slower than set by set (bench/README.md)."""
 CPU_CONV_MIN_SETS = 4
-"""Fewer sets than this in such a batch run set by set instead: a task batch's layout costs copies that
-two or three sets do not repay (pairs of five-image sets: 0.7x)."""
+"""Fewer sets of one size than this run set by set in a conv net on a CPU: their task batch's layout costs
+copies that two or three sets do not repay (pairs of five-image sets: 0.8-0.9x, bench/README.md)."""
 
 
 @dataclass(frozen=True)
@@ -79,8 +66,7 @@ def predict_batches(
         raise ValueError(f"give one query set per parameter set: {len(changed)} sets, {len(xs)} query sets")
     batches, device = [], _device(base)
     with torch.no_grad():
-        names = [slot.name for slot in changed[0].layout] if changed else []
-        for group in _groups(learner, xs, names):
+        for group in _groups(learner, xs):
             x = _batch([xs[i] for i in group], device)
             sets = changed[group[0]].params() if len(group) == 1 else stacked([changed[i] for i in group])
             out = forward(learner, {**base, **sets}, x)
@@ -98,17 +84,15 @@ def adapt_many(
 ) -> list[Adaptation]:
     """Adapt ``params`` to each support set ``(x, y)`` with the same inner loop, with no meta-gradient,
     for sets the caller has already checked (``Learner.check``); ``compile_steps`` runs the inner steps
-    through ``torch.compile``. When only the head adapts (ANIL), the body runs once per set as it runs
-    best here, then every head's steps run as one batch: a head treats examples independently, so sets of
-    any sizes pad, and conv bodies that run set by set on a CPU still share their heads' steps."""
+    through ``torch.compile``. When only the head adapts (ANIL), the body runs once per set, batched as
+    ``_groups`` allows, then every head's steps run as one batch: a head treats examples independently, so
+    sets of any sizes pad, and bodies that ran set by set still share their heads' steps."""
     steps = compiled_form(final_params) if compile_steps else final_params
     results: list[Adaptation | None] = [None] * len(supports)
     xs, device = [x for x, _ in supports], _device(params)
     with torch.no_grad():
         features = _features(learner, params, xs) if inner.adapts == "head" else None
-        groups = (
-            [list(range(len(xs)))] if features is not None and xs else _groups(learner, xs, params.keys())
-        )
+        groups = [list(range(len(xs)))] if features is not None and xs else _groups(learner, xs)
         for group in groups:
             x, y = _batch([xs[i] for i in group], device), _batch([supports[i][1] for i in group], device)
             sizes = [xs[i].shape[0] for i in group]
@@ -134,7 +118,7 @@ def adapt_many(
 def _features(learner: Learner, params: Params, xs: Sequence[Tensor]) -> list[Tensor]:
     """The body's output on each set, the sets batched as ``_groups`` allows."""
     found: list[Tensor] = [torch.empty(0)] * len(xs)
-    for group in _groups(learner, xs, ()):
+    for group in _groups(learner, xs):
         out = learner.features(params, _batch([xs[i] for i in group], _device(params)))
         for row, i in zip([out] if len(group) == 1 else out.unbind(), group, strict=True):
             found[i] = row[: xs[i].shape[0]]  # a padded set's rows past its own are padding
@@ -163,43 +147,18 @@ def _device(params: Params) -> torch.device:
     return next(iter(params.values())).device
 
 
-def _groups(learner: Learner, xs: Sequence[Tensor], stacked: Collection[str]) -> list[list[int]]:
-    """Indices of the sets that run as one batch: all of them when padding is exact, else by size. Where
-    the engine does not vectorize tasks (conv nets on a CPU, see ``vectorizes``), sets that share every
-    convolution (none of its tensors among the ``stacked`` names, as for head-only sessions) run by size
-    in batches that fit the caches (``CPU_CONV_ACTIVATIONS``, when ``CPU_CONV_MIN_SETS`` fit); others run
-    each alone."""
+def _groups(learner: Learner, xs: Sequence[Tensor]) -> list[list[int]]:
+    """Indices of the sets that run as one batch: all of them when padding is exact, else by size; sizes
+    with fewer than ``CPU_CONV_MIN_SETS`` sets run each alone where the engine does not vectorize tasks
+    for training (conv nets on a CPU, see ``vectorizes``)."""
     if not xs:
         return []
-    vectorized = vectorizes(learner.net, xs[0].device)
-    if vectorized and learner.net.per_example:
+    if learner.net.per_example:
         return [list(range(len(xs)))]
-    if not vectorized and not _shares_convolutions(learner.net, stacked):
-        return [[i] for i in range(len(xs))]
     by_size: dict[int, list[int]] = {}
     for i, x in enumerate(xs):
         by_size.setdefault(x.shape[0], []).append(i)
-    if vectorized:
+    if vectorizes(learner.net, xs[0].device):
         return list(by_size.values())
-    per_image, batches = _first_activations(learner.net, xs[0]), []
-    for size, group in by_size.items():
-        per = CPU_CONV_ACTIVATIONS // (size * per_image)
-        per = per if per >= CPU_CONV_MIN_SETS else 1
-        batches += [group[start : start + per] for start in range(0, len(group), per)]
-    return batches
-
-
-def _shares_convolutions(net: nn.Module, stacked: Collection[str]) -> bool:
-    """Whether no tensor of the net's convolutions is among the ``stacked`` (per-set) names."""
-    return not any(
-        f"{name}.{tensor}" in stacked
-        for name, module in net.named_modules()
-        if isinstance(module, nn.Conv2d)
-        for tensor, _ in module.named_parameters()
-    )
-
-
-def _first_activations(net: nn.Module, x: Tensor) -> int:
-    """How many values the net's first convolution outputs per example of ``x``, its largest activation."""
-    first = next(m for m in net.modules() if isinstance(m, nn.Conv2d))
-    return first.out_channels * x.shape[-2] * x.shape[-1]
+    few = [[i] for group in by_size.values() if len(group) < CPU_CONV_MIN_SETS for i in group]
+    return [group for group in by_size.values() if len(group) >= CPU_CONV_MIN_SETS] + few
