@@ -71,6 +71,28 @@ def test_batch_norm_nets_group_by_size(
     assert_each_alone(conv4_learner, supports, InnerLoop(2, 0.1, adapts="head"))
 
 
+def test_batches_split_where_their_first_layer_would_pass_the_budget(
+    sinusoid_learner: Learner, generator: torch.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("app.meta.stacked.BATCH_VALUES", 3 * 10 * 40)  # 3 sets of 10 through 40 units
+    supports = regression_sets([10, 4, 10, 7, 10, 10, 2], generator)  # 3, 3 and 1 sets at once
+    assert_each_alone(sinusoid_learner, supports, InnerLoop(2, 0.01))
+    params = leaves(sinusoid_learner)
+    changed = [a.changed for a in adapt_many(sinusoid_learner, params, supports, InnerLoop(1, 0.01))]
+    queries = [torch.randn(n, 1, generator=generator) for n in (10, 3, 1, 2, 10, 3, 5)]
+    sets_per_pass: list[int] = []
+
+    def counted(learner: Learner, p: dict[str, Tensor], x: Tensor) -> Tensor:
+        sets_per_pass.append(x.shape[0] if x.dim() == 3 else 1)
+        return learner.predict(p, x)
+
+    monkeypatch.setattr("app.meta.stacked._forward", counted)
+    outputs = predict_each(sinusoid_learner, params, changed, queries)
+    assert sets_per_pass == [3, 3, 1], "padded to 10 points, three sets fill the budget"
+    for c, x, out in zip(changed, queries, outputs, strict=True):
+        torch.testing.assert_close(out, sinusoid_learner.predict({**params, **c.params()}, x))
+
+
 def test_learned_rates_apply_to_every_session(sinusoid_learner: Learner, generator: torch.Generator) -> None:
     learner = sinusoid_learner
     params = leaves(learner) | {f"inner_lr/{k}": torch.full_like(v, 0.02) for k, v in leaves(learner).items()}
