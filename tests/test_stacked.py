@@ -71,6 +71,28 @@ def test_batch_norm_nets_group_by_size(
     assert_each_alone(conv4_learner, supports, InnerLoop(2, 0.1, adapts="head"))
 
 
+def sets_per_pass(
+    learner: Learner,
+    params: dict[str, Tensor],
+    changed: list[Flat],
+    queries: list[Tensor],
+    monkeypatch: pytest.MonkeyPatch,
+) -> list[int]:
+    """How many sets each forward pass of ``predict_batches`` took, once every set's outputs are checked
+    against the same set predicted alone."""
+    found: list[int] = []
+
+    def counted(learner: Learner, p: dict[str, Tensor], x: Tensor) -> Tensor:
+        found.append(x.shape[0] if x.dim() == len(learner.net.input_shape) + 2 else 1)
+        return learner.predict(p, x)
+
+    monkeypatch.setattr("app.meta.stacked._forward", counted)
+    outputs = predict_each(learner, params, changed, queries)
+    for c, x, out in zip(changed, queries, outputs, strict=True):
+        torch.testing.assert_close(out, learner.predict({**params, **c.params()}, x), rtol=1e-4, atol=1e-5)
+    return found
+
+
 def test_batches_split_where_their_first_layer_would_pass_the_budget(
     sinusoid_learner: Learner, generator: torch.Generator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -80,17 +102,8 @@ def test_batches_split_where_their_first_layer_would_pass_the_budget(
     params = leaves(sinusoid_learner)
     changed = [a.changed for a in adapt_many(sinusoid_learner, params, supports, InnerLoop(1, 0.01))]
     queries = [torch.randn(n, 1, generator=generator) for n in (10, 3, 1, 2, 10, 3, 5)]
-    sets_per_pass: list[int] = []
-
-    def counted(learner: Learner, p: dict[str, Tensor], x: Tensor) -> Tensor:
-        sets_per_pass.append(x.shape[0] if x.dim() == 3 else 1)
-        return learner.predict(p, x)
-
-    monkeypatch.setattr("app.meta.stacked._forward", counted)
-    outputs = predict_each(sinusoid_learner, params, changed, queries)
-    assert sets_per_pass == [3, 3, 1], "padded to 10 points, three sets fill the budget"
-    for c, x, out in zip(changed, queries, outputs, strict=True):
-        torch.testing.assert_close(out, sinusoid_learner.predict({**params, **c.params()}, x))
+    passes = sets_per_pass(sinusoid_learner, params, changed, queries, monkeypatch)
+    assert passes == [3, 3, 1], "padded to 10 points, three sets fill the budget"
 
 
 def test_learned_rates_apply_to_every_session(sinusoid_learner: Learner, generator: torch.Generator) -> None:
@@ -144,19 +157,8 @@ def test_conv_sets_on_a_cpu_stack_by_size_and_run_alone_where_too_few_share_one(
     assert_each_alone(conv4_learner, supports, InnerLoop(2, 0.1, adapts="head"))
     heads = [a.changed for a in adapt_many(conv4_learner, params, supports, InnerLoop(1, 0.1, adapts="head"))]
     queries = [x for x, _ in image_sets([2, 1, 2, 2, 1, 2, 2, 2, 3], generator)]
-    sets_per_pass: list[int] = []
-
-    def counted(learner: Learner, p: dict[str, Tensor], x: Tensor) -> Tensor:
-        sets_per_pass.append(x.shape[0] if x.dim() == 5 else 1)
-        return learner.predict(p, x)
-
-    monkeypatch.setattr("app.meta.stacked._forward", counted)
-    outputs = predict_each(conv4_learner, params, heads, queries)
-    assert sorted(sets_per_pass) == [1, 1, 1, 6], "the six sets of 2 at once, the rest alone"
-    for changed, x, out in zip(heads, queries, outputs, strict=True):
-        torch.testing.assert_close(
-            out, conv4_learner.predict({**params, **changed.params()}, x), rtol=1e-4, atol=1e-5
-        )
+    passes = sets_per_pass(conv4_learner, params, heads, queries, monkeypatch)
+    assert sorted(passes) == [1, 1, 1, 6], "the six sets of 2 at once, the rest alone"
 
 
 def test_initialization_alone_predicts_through_the_same_path(sinusoid_learner: Learner) -> None:
