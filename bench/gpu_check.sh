@@ -20,5 +20,5 @@ chmod +x "$(dirname "$python")/metaserve"
 timeout 170 python3 bench/batched.py --device cuda --sessions 1 64 1024 --repeats 3 --out "$out/batched-cuda" \
   2>&1 | tail -12
 timeout 170 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_cache.py tests/test_stacked.py \
-  tests/test_compiled_adapt.py tests/test_batching.py tests/test_serve_e2e.py tests/test_soak.py \
+  tests/test_compiled_adapt.py tests/test_batching.py tests/test_serve_e2e.py tests/test_soak.py tests/test_host_memory.py \
   >"$out/gpu-tests.log" 2>&1; tail -5 "$out/gpu-tests.log"
