@@ -18,11 +18,11 @@ def keep_freed_memory() -> bool:
 
     By default glibc maps each block over 128 KiB to 32 MiB afresh (and every larger one always), and
     unmaps it when freed; a thread's blocks come from arenas of 64 MiB at most. A Conv4 batch's
-    activations are such blocks, so every forward pass first takes a page fault per 4 KiB touched: on
-    the 2-core VM of bench/README.md 40% of a glyph prediction's time, and most of a batch of 64
-    sessions'. Served from one arena that is never trimmed, the same passes run 1.7x faster, and 2.4x
-    for 640 images at once; the process keeps its peak heap, as torch's CUDA allocator keeps its peak.
-    Call it first thing in a process, before the threads that will compute start.
+    activations are such blocks, so every pass took a page fault per 4 KiB touched: in the service's
+    batcher thread on the 2-core VM of bench/README.md, up to a third of its time. Served from one arena
+    that is never trimmed, 64 sessions' Conv4 predictions and adaptations ran 1.2-1.8x faster there; the
+    process keeps its peak heap, as torch's CUDA allocator keeps its peak. Call it first thing in a
+    process, before the threads that will compute start.
     """
     name = ctypes.util.find_library("c")
     try:
