@@ -42,7 +42,7 @@ def faults(mode: str) -> tuple[str, int]:
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_tensors_reuse_freed_memory_instead_of_faulting_it_in_again() -> None:
     pages = 96 * 2**20 // 4096
-    kept, default = faults("default")
+    _, default = faults("default")
     assert default > 4 * pages, "by default each tensor maps, and faults in, memory of its own"
     kept, with_memory_kept = faults("keep")
     assert kept == "True"
