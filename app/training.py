@@ -143,7 +143,8 @@ def train(
 ) -> dict[str, Any]:
     """Train per ``spec`` into ``out`` (weights, card, training state); returns the final card. Once
     ``stop`` is set (on any rank), the leader checkpoints after the iteration it is in and every rank raises
-    ``Stopped``.
+    ``Stopped``. ``on_progress`` sees each iteration, with its validation point if any, before the
+    iteration's checkpoint is written, so that a run resumed from a checkpoint has reported all before it.
 
     With ``resume`` the run continues from the training state in ``out`` (same spec, or more iterations)
     and ends exactly where the uninterrupted run would. Under torchrun every rank calls it with the same
@@ -232,10 +233,12 @@ def train(
         last = progress.iteration == spec.iterations
         if progress.iteration % spec.val_every == 0 or last:
             validation = validate(progress.iteration, progress.params, progress.loss)
-        if progress.iteration % spec.checkpoint_every == 0 or last or progress.stopping:
-            checkpoint(progress)
+        # Reported before the checkpoint: a run killed between the two resumes from the checkpoint before
+        # and reports the point again, where the other order lost a job's validation point for good.
         if on_progress is not None:
             on_progress(progress, validation)
+        if progress.iteration % spec.checkpoint_every == 0 or last or progress.stopping:
+            checkpoint(progress)
 
     if not resume and leader:
         validate(0, params, None)  # where the curve starts: the untrained initialization

@@ -1,13 +1,19 @@
-"""Meta-training lowers held-out loss; evaluation reports a mean with its 95% interval."""
+"""Meta-training lowers held-out loss; evaluation reports a mean with its 95% interval; a training run
+reports each iteration before it checkpoints it."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
 
+from app.checkpoint import load_card
 from app.meta import MAML, InnerLoop, Learner, evaluate, meta_train
 from app.meta.tasks.noise_images import noise_image_tasks
 from app.meta.tasks.sinusoid import sinusoid_tasks
+from app.meta.train import Progress
+from app.training import TrainSpec, Validation, train
 
 
 def held_out(seed: int, batches: int, sample):  # type: ignore[no-untyped-def]
@@ -75,3 +81,18 @@ def test_a_diverging_run_stops_before_a_non_finite_step_reaches_the_weights(
             on_iteration=lambda progress: seen.append(dict(progress.params)),
         )
     assert all(bool(torch.isfinite(t).all()) for step in seen for t in step.values())
+
+
+def test_a_run_reports_each_iteration_before_its_checkpoint_is_written(tmp_path: Path) -> None:
+    """A job records its validation points from the report: one reported after the checkpoint would be lost
+    to a worker killed between the two, since the resumed run starts after that checkpoint."""
+    out, seen = tmp_path / "run", []
+
+    def on_progress(progress: Progress, validation: Validation | None) -> None:
+        on_disk = load_card(out)["training"]["iteration"] if (out / "card.json").is_file() else 0
+        seen.append((progress.iteration, validation is not None, on_disk))
+
+    spec = TrainSpec(meta_batch=2, iterations=6, val_every=2, val_tasks=2, checkpoint_every=3)
+    train(spec, out, "order", cache_dir=tmp_path / "cache", on_progress=on_progress)
+    assert seen == [(i, i % 2 == 0, 3 * ((i - 1) // 3)) for i in range(1, 7)]
+    assert load_card(out)["training"]["iteration"] == 6
