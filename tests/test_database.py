@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
+from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,7 @@ from tests.conftest import migrated_engine
 
 TABLES = {"initializations", "sessions", "datasets", "jobs", "job_metrics", "api_keys"}
 NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+NEW_FILES = 20
 
 
 def sqlite_url(path: Path) -> str:
@@ -267,3 +270,27 @@ def test_bad_settings_are_refused_naming_the_field(
     clean_env.setenv(f"METASERVE_{variable}", value)
     with pytest.raises(ValidationError, match=message):
         Settings()
+
+
+def _connect_each(paths: list[Path], together: Barrier) -> None:
+    """A child process's part in the test below: connect to each new file in turn, with the other child."""
+    for path in paths:
+        together.wait()
+        engine = make_engine(sqlite_url(path))
+        with engine.connect():
+            pass
+        engine.dispose()
+
+
+def test_processes_opening_a_new_file_at_once_both_connect(tmp_path: Path) -> None:
+    """Two processes switching a new file to WAL at once: SQLite answered one 'database is locked' at once,
+    without its busy timeout, in about half of the rounds."""
+    context = multiprocessing.get_context("spawn")
+    # A child that fails leaves the other waiting at the barrier until its timeout breaks it.
+    paths, together = [tmp_path / f"{n}.db" for n in range(NEW_FILES)], context.Barrier(2, timeout=60)
+    children = [context.Process(target=_connect_each, args=(paths, together), daemon=True) for _ in range(2)]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(timeout=120)
+    assert [child.exitcode for child in children] == [0, 0]

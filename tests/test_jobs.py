@@ -44,13 +44,17 @@ def jobs(tmp_path: Path) -> Iterator[JobStore]:
 
 
 def until(check: Callable[[], Any], what: str, seconds: float = WAIT_SECONDS, log: Path | None = None) -> Any:
-    """Poll ``check`` until it returns something truthy, and return that. A timeout's failure ends with the
-    last lines of ``log`` (a server's), which say why."""
+    """Poll ``check`` until it returns something truthy, and return that. A timeout's failure shows the
+    lines of ``log`` (a server's) that say why: its errors first, however early, then its last lines."""
     deadline = time.monotonic() + seconds
     while not (found := check()):
         if time.monotonic() >= deadline:
-            tail = "" if log is None else "\n" + "\n".join(log.read_text().splitlines()[-LOG_LINES:])
-            raise AssertionError(f"timed out waiting for {what}{tail}")
+            excerpt = ""
+            if log is not None:
+                lines = log.read_text().splitlines()
+                errors = [line for line in lines if "ERROR" in line]
+                excerpt = "\n".join(["", "errors logged:", *errors, "the log's end:", *lines[-LOG_LINES:]])
+            raise AssertionError(f"timed out waiting for {what}{excerpt}")
         time.sleep(0.2)
     return found
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ _SQLITE_PRAGMAS = (
     "PRAGMA journal_mode=WAL",
     "PRAGMA foreign_keys=ON",
 )
+_RETRY_SECONDS = 0.01
 
 
 def make_engine(url: str, durable: bool = False) -> Engine:
@@ -39,11 +42,26 @@ def make_engine(url: str, durable: bool = False) -> Engine:
         cursor = dbapi_connection.cursor()
         try:
             for pragma in (*_SQLITE_PRAGMAS, f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}"):
-                cursor.execute(pragma)
+                _execute_when_unlocked(cursor, pragma)
         finally:
             cursor.close()
 
     return engine
+
+
+def _execute_when_unlocked(cursor: sqlite3.Cursor, statement: str) -> None:
+    """Execute ``statement``, trying again for up to the busy timeout while the database is locked. SQLite
+    waits out its busy timeout for most locks, but answers 'database is locked' at once to one of two
+    processes switching a new file to WAL together, which stopped a worker of ``serve --workers 2``."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute(statement)
+            return
+        except sqlite3.OperationalError as error:
+            if error.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                raise
+        time.sleep(_RETRY_SECONDS)
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
