@@ -143,7 +143,7 @@ async def call(http: httpx.AsyncClient, tally: Tally, method: str, path: str, bo
 async def client(http: httpx.AsyncClient, tally: Tally, seed: int, deadline: float) -> None:
     """One client until ``deadline``: adapts (then records its prediction), predicts its own sessions and
     checks them against the record, and deletes some; owning its sessions, it never races another."""
-    rng, mine = random.Random(seed), []
+    rng, mine = random.Random(seed), list[str]()
     while time.monotonic() < deadline:
         action = rng.choices(("adapt", "predict", "delete"), weights=(4, 5, 1))[0] if mine else "adapt"
         if action == "adapt":
