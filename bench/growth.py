@@ -25,7 +25,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.report import machine, table, write  # noqa: E402
+from bench.report import machine, run_and_write, table  # noqa: E402
 from bench.soak import QUERY, rss_mb, support  # noqa: E402
 
 CONCURRENT = 16
@@ -165,9 +165,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main() -> None:
-    args = parser().parse_args()
-    report = run(args)
-    write(args.out, report, markdown(report))
+    run_and_write(parser().parse_args(), run, markdown)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,16 @@ def write(out: Path, report: dict[str, Any], text: str) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str))
     out.with_suffix(".md").write_text(text)
+
+
+def run_and_write(
+    args: argparse.Namespace,
+    run: Callable[[argparse.Namespace], dict[str, Any]],
+    markdown: Callable[[dict[str, Any]], str],
+) -> None:
+    """A benchmark's main: ``run(args)``, then its report written to ``args.out`` as ``markdown`` says."""
+    report = run(args)
+    write(args.out, report, markdown(report))
 
 
 def cpu_name() -> str:

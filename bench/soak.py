@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.report import machine, table, write  # noqa: E402
+from bench.report import machine, run_and_write, table  # noqa: E402
 from bench.serve import served  # noqa: E402
 
 QUERY = [i / 4 - 5 for i in range(41)]
@@ -308,9 +308,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main() -> None:
-    args = parser().parse_args()
-    report = run(args)
-    write(args.out, report, markdown(report))
+    run_and_write(parser().parse_args(), run, markdown)
 
 
 if __name__ == "__main__":
