@@ -59,7 +59,8 @@ def _execute_when_unlocked(cursor: sqlite3.Cursor, statement: str) -> None:
             cursor.execute(statement)
             return
         except sqlite3.OperationalError as error:
-            if error.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+            busy = (error.sqlite_errorcode & 0xFF) == sqlite3.SQLITE_BUSY  # SQLITE_BUSY_RECOVERY too
+            if not busy or time.monotonic() >= deadline:
                 raise
         time.sleep(_RETRY_SECONDS)
 
