@@ -35,12 +35,6 @@ SITES = 8
 FRAMES = 6
 
 
-def sinusoid_only(folder: Path) -> Path:
-    """A models folder holding only the shipped sinusoid (a link to it)."""
-    (folder / "sinusoid").symlink_to(ROOT / "models" / "sinusoid")
-    return folder
-
-
 async def rounds(count: int, call: Callable[[int], Awaitable[None]]) -> None:
     """``call(i)`` for i below ``count``, ``CONCURRENT`` at a time."""
     for start in range(0, count, CONCURRENT):
@@ -110,7 +104,7 @@ async def served_in_process(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as folder:
         os.environ.update(
             METASERVE_DATA_DIR=str(Path(folder) / "data"),
-            METASERVE_MODELS_DIR=str(sinusoid_only(Path(folder))),
+            METASERVE_MODELS_DIR=str(ROOT / "models"),
             METASERVE_AUTH="false",
             METASERVE_RATE_LIMIT_PER_SECOND="1e9",
             METASERVE_RATE_LIMIT_BURST="1000000000",
