@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 __all__ = ["keep_freed_memory"]
 
@@ -24,10 +23,9 @@ def keep_freed_memory() -> bool:
     process keeps its peak heap, as torch's CUDA allocator keeps its peak. Call it first thing in a
     process, before the threads that will compute start.
     """
-    name = ctypes.util.find_library("c")
     try:
-        mallopt = ctypes.CDLL(name).mallopt
-    except (OSError, AttributeError, TypeError):  # no C library by that name, or not glibc
+        mallopt = ctypes.CDLL(None).mallopt  # the process's own symbols, its C library's among them
+    except (OSError, AttributeError):  # no mallopt: not glibc
         return False
     settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _NEVER))
     return all(mallopt(option, value) == 1 for option, value in settings)
