@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.client import Client  # noqa: E402
-from bench.report import machine, table, write  # noqa: E402
+from bench.report import machine, run_and_write, table  # noqa: E402
 from bench.serve import Server, served  # noqa: E402
 from tests.test_serving import GREEK, strokes  # noqa: E402
 
@@ -212,8 +212,7 @@ def main() -> None:
     args = ap.parse_args()
     if 64 not in args.clients:
         ap.error("--clients must include 64, the point the targets name")
-    report = run(args)
-    write(args.out, report, markdown(report))
+    run_and_write(args, run, markdown)
 
 
 if __name__ == "__main__":

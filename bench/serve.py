@@ -32,7 +32,7 @@ from app.client import Client  # noqa: E402
 from app.evaluation import load_model  # noqa: E402
 from app.meta import InnerLoop, TaskBatch, adapt  # noqa: E402
 from app.meta.tasks.sinusoid import sinusoid_tasks  # noqa: E402
-from bench.report import machine, table, write  # noqa: E402
+from bench.report import machine, run_and_write, table  # noqa: E402
 
 MODEL = "sinusoid"
 TARGET_MS = 5.0
@@ -246,8 +246,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.calls < 2 or args.warmup < 0:
         ap.error("--calls must be >= 2 (for percentiles) and --warmup >= 0")
-    report = run(args)
-    write(args.out, report, markdown(report))
+    run_and_write(args, run, markdown)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from app.checkpoint import CheckpointError, load_card  # noqa: E402
 from app.evaluation import Protocol, evaluate_model  # noqa: E402
-from bench.report import commit, table, write  # noqa: E402
+from bench.report import commit, run_and_write, table  # noqa: E402
 
 # Li et al. 2017, Table 1: MSE on 600 test tasks after one step, at K = 5, 10, 20.
 PUBLISHED = {"maml": {5: 1.13, 10: 0.77, 20: 0.48}, "metasgd": {5: 0.90, 10: 0.53, 20: 0.31}}
@@ -132,8 +132,7 @@ def main() -> None:
     ap.add_argument("--models", type=Path, default=ROOT / "data" / "sinusoid-table")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "sinusoid-table")
     args = ap.parse_args()
-    report = run(args)
-    write(args.out, report, markdown(report))
+    run_and_write(args, run, markdown)
 
 
 if __name__ == "__main__":
