@@ -24,9 +24,10 @@ from app.client import AsyncClient
 from app.db.engine import make_engine
 from app.db.migrate import migrate
 from app.keys import ADMIN_KEY_FILE
-from app.meta import Algorithm, Learner, TaskBatch, build_net
+from app.meta import Algorithm, InnerLoop, Learner, TaskBatch, build_net
 from app.meta.flat import Flat
-from app.meta.stacked import predict_batches
+from app.meta.layers import BatchNorm2d
+from app.meta.stacked import adapt_many, predict_batches
 from app.meta.tasks.noise_images import noise_image_tasks
 from app.meta.tasks.sinusoid import sinusoid_tasks
 from tests.postgres import NO_DRIVER, PostgresServer, postgres_server, unavailable
@@ -44,6 +45,29 @@ def predict_each(
         for row, i in zip(batch.out.unbind(), batch.indices, strict=True):
             outputs[i] = row[: xs[i].shape[0]]
     return outputs
+
+
+def signed_norm_weights(learner: Learner, params: dict[str, Tensor], generator: torch.Generator) -> None:
+    """Draw the batch-norm weights in ``params`` from a normal distribution, so some are negative."""
+    for name, module in learner.net.named_modules():
+        if isinstance(module, BatchNorm2d):
+            params[f"{name}.weight"] = torch.randn(module.weight.shape, generator=generator).to(
+                params[f"{name}.weight"].device
+            )
+
+
+def assert_sessions_predict_as_each_alone(
+    learner: Learner, params: dict[str, Tensor], supports: list[tuple[Tensor, Tensor]], queries: list[Tensor]
+) -> None:
+    """Sessions adapted to ``supports`` together, adapting every tensor or the head alone, answer
+    ``queries`` together as each alone."""
+    for adapts in ("all", "head"):
+        inner = InnerLoop(1, 0.1, adapts=adapts)
+        sessions = [a.changed for a in adapt_many(learner, params, supports, inner)]
+        outputs = predict_each(learner, params, sessions, queries)
+        for changed, x, out in zip(sessions, queries, outputs, strict=True):
+            expected = learner.predict({**params, **changed.params()}, x)
+            torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
 
 
 def reference_module(learner: Learner) -> nn.Module:

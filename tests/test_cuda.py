@@ -11,12 +11,14 @@ from app.meta import ALGORITHMS, InnerLoop, Learner, TaskBatch, adapt, build_alg
 from app.meta.stacked import adapt_many
 from app.serving.sessions import _on_host
 from tests.conftest import (
+    assert_sessions_predict_as_each_alone,
     leaf_params,
     meta_params,
     predict_each,
     reference_meta_gradient,
     relative_error,
     requires_cuda,
+    signed_norm_weights,
 )
 
 pytestmark = [requires_cuda, pytest.mark.cuda]
@@ -77,6 +79,17 @@ def test_gpu_batched_predictions_reach_the_host_equal_to_each_alone(
         assert out.device.type == "cpu"
         expected = sinusoid_learner.predict({**params, **changed.params()}, x).cpu()
         torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)  # CUDA rounds stacked matmuls apart
+
+
+def test_gpu_conv_sessions_predict_together_as_each_alone_with_norm_weights_of_either_sign(
+    conv4_learner: Learner, generator: torch.Generator
+) -> None:
+    params = {k: v.detach().cuda() for k, v in conv4_learner.net.named_parameters()}
+    signed_norm_weights(conv4_learner, params, generator)  # negative ones negate their channels' filters
+    images = [torch.randn(n, 1, 28, 28, generator=generator).cuda() for n in (5, 5, 5, 5, 3, 3, 3, 3)]
+    labels = [torch.randint(0, 5, (5,), generator=generator).cuda() for _ in range(4)]
+    supports, queries = list(zip(images[:4], labels, strict=True)), images[4:]
+    assert_sessions_predict_as_each_alone(conv4_learner, params, supports, queries)
 
 
 def test_gpu_sessions_reach_the_host_for_their_files_in_one_copy_equal_to_each_alone(

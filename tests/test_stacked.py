@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import Tensor
 
-from app.meta import InnerLoop, Learner, adapt
+from app.meta import InnerLoop, Learner, adapt, layers
 from app.meta.flat import Flat, flatten, stacked
 from app.meta.stacked import adapt_many
-from tests.conftest import predict_each
+from tests.conftest import assert_sessions_predict_as_each_alone, predict_each, signed_norm_weights
 
 Support = tuple[Tensor, Tensor]
 
@@ -59,8 +59,22 @@ def conv_form(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
     """On a CPU conv nets stack only sizes with several sets and run the others set by set; "stacked"
     runs them as on a GPU, so both paths are checked here."""
     if request.param == "stacked":
-        monkeypatch.setattr("app.meta.stacked.vectorizes", lambda net, device: True)
+        as_on_a_gpu(monkeypatch)
     return str(request.param)
+
+
+def as_on_a_gpu(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Run conv nets on the CPU as on a GPU: every size stacked, and a task batch's conv blocks pooled
+    first where no gradient flows. Returns whether each block ran pooled first, as it runs."""
+    pooled: list[bool] = []
+
+    def pools_first(x: Tensor) -> bool:
+        pooled.append(x.dim() == 5 and not layers._gradient_flows(x))
+        return pooled[-1]
+
+    monkeypatch.setattr("app.meta.stacked.vectorizes", lambda net, device: True)
+    monkeypatch.setattr("app.meta.layers._pools_first", pools_first)
+    return pooled
 
 
 def test_batch_norm_nets_group_by_size(
@@ -69,6 +83,17 @@ def test_batch_norm_nets_group_by_size(
     supports = image_sets([5, 10, 5, 10, 3], generator)
     assert_each_alone(conv4_learner, supports, InnerLoop(2, 0.1))
     assert_each_alone(conv4_learner, supports, InnerLoop(2, 0.1, adapts="head"))
+
+
+def test_conv_blocks_pooled_first_answer_as_each_set_alone_with_norm_weights_of_either_sign(
+    conv4_learner: Learner, generator: torch.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pooled = as_on_a_gpu(monkeypatch)
+    params = leaves(conv4_learner)
+    signed_norm_weights(conv4_learner, params, generator)  # negative ones negate their channels' filters
+    supports, queries = image_sets([5] * 4, generator), [x for x, _ in image_sets([3] * 4, generator)]
+    assert_sessions_predict_as_each_alone(conv4_learner, params, supports, queries)
+    assert any(pooled) and not all(pooled), "pooled first in batches with no gradient, not otherwise"
 
 
 def sets_per_pass(

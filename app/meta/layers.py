@@ -8,11 +8,14 @@ batch norm gives wrong second-order gradients under vmap (``shared/anchors/vmap_
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["BatchNorm2d", "Conv2d", "Flatten", "Linear", "MaxPool2d"]
+__all__ = ["BatchNorm2d", "Conv2d", "ConvBlocks", "Flatten", "Linear", "MaxPool2d"]
 
 
 class Linear(nn.Linear):
@@ -32,16 +35,20 @@ class Conv2d(nn.Conv2d):
     """
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.convolve(x, self.weight, self.bias)
+
+    def convolve(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        """This layer's convolution with the given weight and bias in place of its own."""
         if x.dim() == 4:
-            return self._conv_forward(x, self.weight, self.bias)
+            return self._conv_forward(x, weight, bias)
         tasks, n = x.shape[:2]
-        if self.weight.dim() == 4:
-            return self._conv_forward(x.flatten(0, 1), self.weight, self.bias).unflatten(0, (tasks, n))
+        if weight.dim() == 4:
+            return self._conv_forward(x.flatten(0, 1), weight, bias).unflatten(0, (tasks, n))
         grouped = x.transpose(0, 1).reshape(n, -1, *x.shape[-2:])
         out = F.conv2d(
             grouped,
-            self.weight.flatten(0, 1),
-            None if self.bias is None else self.bias.flatten(),
+            weight.flatten(0, 1),
+            None if bias is None else bias.flatten(),
             self.stride,
             self.padding,
             self.dilation,
@@ -70,11 +77,16 @@ class BatchNorm2d(nn.Module):
             return F.batch_norm(x, None, None, self.weight, self.bias, training=True, eps=self.eps)
         if _inference_on_cpu(x):
             return self._fused(x)
+        scale, shift = self.affine(x, self.weight)
+        # x * scale + shift: one pass over the activations where (x - mean) * scale + bias takes three.
+        return torch.addcmul(shift, x, scale)
+
+    def affine(self, x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+        """The per-task, per-channel ``scale`` and ``shift`` (a few values each) with which a task batch
+        ``x`` normalizes to ``x * scale + shift``, its own weight replaced by ``weight``."""
         var, mean = torch.var_mean(x, dim=(1, 3, 4), correction=0, keepdim=True)
-        scale = _per_channel(self.weight) * torch.rsqrt(var + self.eps)
-        # x * scale + (bias - mean * scale): one pass over the activations where (x - mean) * scale + bias
-        # takes three, and the shift is per task and channel, a few values.
-        return torch.addcmul(_per_channel(self.bias) - mean * scale, x, scale)
+        scale = _per_channel(weight) * torch.rsqrt(var + self.eps)
+        return scale, _per_channel(self.bias) - mean * scale
 
     def _fused(self, x: Tensor) -> Tensor:
         """A task batch through torch's fused kernel, each task's channels as channels of their own: the
@@ -89,7 +101,12 @@ class BatchNorm2d(nn.Module):
 def _inference_on_cpu(x: Tensor) -> bool:
     """Whether ``x`` is on a CPU with no gradient to flow through it: where a layer may take a faster path
     whose backward (or higher-order gradients) would be slower or less exact than the reference ops'."""
-    return x.device.type == "cpu" and not (x.requires_grad and torch.is_grad_enabled())
+    return x.device.type == "cpu" and not _gradient_flows(x)
+
+
+def _gradient_flows(x: Tensor) -> bool:
+    """Whether autograd records what is computed from ``x``."""
+    return x.requires_grad and torch.is_grad_enabled()
 
 
 def _per_channel(p: Tensor) -> Tensor:
@@ -106,6 +123,9 @@ class MaxPool2d(nn.MaxPool2d):
             return _halve(x)
         if x.dim() == 4:
             return super().forward(x)
+        if not x.is_contiguous() and x.transpose(0, 1).is_contiguous():
+            # A grouped convolution's output, images first: pooled in that layout it needs no copy.
+            return self(x.transpose(0, 1)).transpose(0, 1)
         return super().forward(x.flatten(0, 1)).unflatten(0, x.shape[:2])
 
     def _halves(self) -> bool:
@@ -121,6 +141,48 @@ def _halve(x: Tensor) -> Tensor:
     h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
     rows = torch.maximum(x[..., 0:h:2, :w], x[..., 1:h:2, :w])
     return torch.maximum(rows[..., 0::2], rows[..., 1::2])
+
+
+class ConvBlocks(nn.Sequential):
+    """Blocks of [``Conv2d`` 3x3, ``BatchNorm2d``, ReLU, ``MaxPool2d`` 2] between the ``widths`` given,
+    then a ``Flatten``: a plain ``nn.Sequential`` of those layers (the same parameter names), except that
+    where ``_pools_first`` each block max-pools before it normalizes (``_pooled_first``): the same values,
+    with the normalization and ReLU over a quarter of the activations."""
+
+    def __init__(self, widths: Sequence[int]) -> None:
+        pairs = itertools.pairwise(widths)
+        blocks = [(Conv2d(i, o, 3, padding=1), BatchNorm2d(o), MaxPool2d(2)) for i, o in pairs]
+        super().__init__(*(m for c, n, p in blocks for m in (c, n, nn.ReLU(), p)), Flatten())
+        self.blocks = blocks
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not _pools_first(x):
+            return super().forward(x)
+        for conv, norm, pool in self.blocks:
+            x = _pooled_first(conv, norm, pool, x)
+        return self[-1](x)
+
+
+def _pools_first(x: Tensor) -> bool:
+    """Whether conv blocks max-pool before they normalize ``x``: a task batch with no gradient to flow, off
+    a CPU, where it measured no faster (its batch norm and max-pool take the fused kernel and the maxima)."""
+    return x.dim() == 5 and x.device.type != "cpu" and not _gradient_flows(x)
+
+
+def _pooled_first(conv: Conv2d, norm: BatchNorm2d, pool: MaxPool2d, x: Tensor) -> Tensor:
+    """``relu(norm(conv(x)))`` max-pooled, computed as ``relu(pool(conv(x)) * scale + shift)``.
+
+    Batch norm maps each channel by ``x * scale + shift``, which keeps the order of values where ``scale``
+    is positive, so taking the maxima first gives the same maxima (in floating point too, where rounding
+    keeps order). Channels whose weight is negative (and so their scale) have their filters negated first:
+    that negates their outputs and their mean exactly, so the weight's absolute value gives them the same
+    normalized values with a positive scale.
+    """
+    sign = 1 - 2 * (norm.weight < 0).to(norm.weight.dtype)
+    weight = conv.weight * sign.view(*sign.shape, 1, 1, 1)
+    y = conv.convolve(x, weight, None if conv.bias is None else conv.bias * sign)
+    scale, shift = norm.affine(y, norm.weight.abs())
+    return torch.addcmul(shift, pool(y), scale).relu_()
 
 
 class Flatten(nn.Module):

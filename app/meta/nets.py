@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import nn
 
-from app.meta.layers import BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d
+from app.meta.layers import BatchNorm2d, ConvBlocks, Linear
 
 __all__ = ["NETS", "MetaNet", "build_net", "is_head"]
 
@@ -66,13 +66,9 @@ def conv4(ways: int = 5, channels: int = 1, hidden: int = 64, size: int = 28) ->
             f"conv4 needs ways >= 2, channels >= 1, hidden >= 1 and size >= 16; "
             f"got ways={ways}, channels={channels}, hidden={hidden}, size={size}"
         )
-    layers: list[nn.Module] = []
-    fan_in, side = channels, size
-    for _ in range(4):
-        layers += [Conv2d(fan_in, hidden, 3, padding=1), BatchNorm2d(hidden), nn.ReLU(), MaxPool2d(2)]
-        fan_in, side = hidden, side // 2
     config = {"name": "conv4", "ways": ways, "channels": channels, "hidden": hidden, "size": size}
-    body = nn.Sequential(*layers, Flatten())
+    body = ConvBlocks([channels] + [hidden] * 4)
+    side = size // 16
     return MetaNet(config, (channels, size, size), body, Linear(hidden * side * side, ways))
 
 
