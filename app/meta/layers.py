@@ -84,7 +84,11 @@ class BatchNorm2d(nn.Module):
     def affine(self, x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
         """The per-task, per-channel ``scale`` and ``shift`` (a few values each) with which a task batch
         ``x`` normalizes to ``x * scale + shift``, its own weight replaced by ``weight``."""
-        var, mean = torch.var_mean(x, dim=(1, 3, 4), correction=0, keepdim=True)
+        # Each image's statistics first, over its contiguous pixels, then the set's from them (the law of
+        # total variance, every image weighing the same): a GPU reduces a strided (N, H, W) slower.
+        image_var, image_mean = torch.var_mean(x, dim=(3, 4), correction=0, keepdim=True)
+        mean = image_mean.mean(1, keepdim=True)
+        var = (image_var + (image_mean - mean).square()).mean(1, keepdim=True)
         scale = _per_channel(weight) * torch.rsqrt(var + self.eps)
         return scale, _per_channel(self.bias) - mean * scale
 
@@ -101,12 +105,7 @@ class BatchNorm2d(nn.Module):
 def _inference_on_cpu(x: Tensor) -> bool:
     """Whether ``x`` is on a CPU with no gradient to flow through it: where a layer may take a faster path
     whose backward (or higher-order gradients) would be slower or less exact than the reference ops'."""
-    return x.device.type == "cpu" and not _gradient_flows(x)
-
-
-def _gradient_flows(x: Tensor) -> bool:
-    """Whether autograd records what is computed from ``x``."""
-    return x.requires_grad and torch.is_grad_enabled()
+    return x.device.type == "cpu" and not (x.requires_grad and torch.is_grad_enabled())
 
 
 def _per_channel(p: Tensor) -> Tensor:
@@ -164,9 +163,10 @@ class ConvBlocks(nn.Sequential):
 
 
 def _pools_first(x: Tensor) -> bool:
-    """Whether conv blocks max-pool before they normalize ``x``: a task batch with no gradient to flow, off
-    a CPU, where it measured no faster (its batch norm and max-pool take the fused kernel and the maxima)."""
-    return x.dim() == 5 and x.device.type != "cpu" and not _gradient_flows(x)
+    """Whether conv blocks max-pool before they normalize ``x``: a task batch with gradients off (the
+    images need none, but the blocks' own tensors may), off a CPU, where it measured no faster (its batch
+    norm and max-pool take the fused kernel and the maxima there)."""
+    return x.dim() == 5 and x.device.type != "cpu" and not torch.is_grad_enabled()
 
 
 def _pooled_first(conv: Conv2d, norm: BatchNorm2d, pool: MaxPool2d, x: Tensor) -> Tensor:
@@ -176,11 +176,11 @@ def _pooled_first(conv: Conv2d, norm: BatchNorm2d, pool: MaxPool2d, x: Tensor) -
     is positive, so taking the maxima first gives the same maxima (in floating point too, where rounding
     keeps order). Channels whose weight is negative (and so their scale) have their filters negated first:
     that negates their outputs and their mean exactly, so the weight's absolute value gives them the same
-    normalized values with a positive scale.
+    normalized values with a positive scale. The convolution's bias is left out: the mean cancels it (a
+    pass over the activations on a GPU, 2.1 of 13.2 ms of 1,024 glyph predictions).
     """
     sign = 1 - 2 * (norm.weight < 0).to(norm.weight.dtype)
-    weight = conv.weight * sign.view(*sign.shape, 1, 1, 1)
-    y = conv.convolve(x, weight, None if conv.bias is None else conv.bias * sign)
+    y = conv.convolve(x, conv.weight * sign.view(*sign.shape, 1, 1, 1), None)
     scale, shift = norm.affine(y, norm.weight.abs())
     return torch.addcmul(shift, pool(y), scale).relu_()
 

@@ -160,8 +160,9 @@ def _groups(learner: Learner, xs: Sequence[Tensor]) -> list[list[int]]:
     if not xs:
         return []
     by_size: dict[int, list[int]] = {}
+    per_example = learner.net.per_example  # a walk over the net's modules: once, not once per set
     for i, x in enumerate(xs):
-        by_size.setdefault(0 if learner.net.per_example else x.shape[0], []).append(i)
+        by_size.setdefault(0 if per_example else x.shape[0], []).append(i)
     stack_few, values, batches = vectorizes(learner.net, xs[0].device), _first_values(learner.net, xs[0]), []
     for group in by_size.values():
         per = max(1, BATCH_VALUES // (max(xs[i].shape[0] for i in group) * values))
