@@ -180,21 +180,9 @@ def _pooled_first(conv: Conv2d, norm: BatchNorm2d, pool: MaxPool2d, x: Tensor) -
     pass over the activations on a GPU, 2.1 of 13.2 ms of 1,024 glyph predictions).
     """
     sign = 1 - 2 * (norm.weight < 0).to(norm.weight.dtype)
-    weight = conv.weight * sign.view(*sign.shape, 1, 1, 1)
-    per_task = weight.dim() == 5 and conv.in_channels > 1
-    y = _unfolded(conv, x, weight) if per_task else conv.convolve(x, weight, None)
+    y = conv.convolve(x, conv.weight * sign.view(*sign.shape, 1, 1, 1), None)
     scale, shift = norm.affine(y, norm.weight.abs())
     return torch.addcmul(shift, pool(y), scale).relu_()
-
-
-def _unfolded(conv: Conv2d, x: Tensor, weight: Tensor) -> Tensor:
-    """A block's convolution (3x3, padding 1: the output keeps the input's size) of a task batch ``x`` with
-    a weight per task and no bias, as a matmul of each task's filters with its images' unfolded patches.
-    In true float32 on a GPU, cuDNN's grouped kernel for a weight per task is slow (bench/README.md); the
-    one-channel first layer stays grouped, since unfolding it costs more than the matmul saves."""
-    tasks, n = x.shape[:2]
-    patches = F.unfold(x.flatten(0, 1), conv.kernel_size, padding=1).unflatten(0, (tasks, n))
-    return torch.matmul(weight.flatten(2).unsqueeze(1), patches).unflatten(-1, x.shape[-2:])
 
 
 class Flatten(nn.Module):
