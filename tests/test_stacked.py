@@ -65,7 +65,8 @@ def conv_form(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
 
 def as_on_a_gpu(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     """Run conv nets on the CPU as on a GPU: every size stacked, and a task batch's conv blocks pooled
-    first where no gradient flows. Returns whether each block ran pooled first, as it runs."""
+    first where no gradient flows. Returns, as they run, whether each pass through a conv body pooled
+    first."""
     pooled: list[bool] = []
 
     def pools_first(x: Tensor) -> bool:

@@ -68,7 +68,7 @@ def conv4(ways: int = 5, channels: int = 1, hidden: int = 64, size: int = 28) ->
         )
     config = {"name": "conv4", "ways": ways, "channels": channels, "hidden": hidden, "size": size}
     body = ConvBlocks([channels] + [hidden] * 4)
-    side = size // 16
+    side = size // 16  # after four max-pools of 2
     return MetaNet(config, (channels, size, size), body, Linear(hidden * side * side, ways))
 
 
