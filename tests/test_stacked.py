@@ -97,6 +97,16 @@ def test_conv_blocks_pooled_first_answer_as_each_set_alone_with_norm_weights_of_
     assert any(pooled) and not all(pooled), "pooled first in batches with no gradient, not otherwise"
 
 
+def test_conv_sessions_stacked_on_a_cpu_answer_as_each_alone(
+    conv4_learner: Learner, generator: torch.Generator
+) -> None:
+    """Four sets of a size stack on a CPU (``CPU_CONV_MIN_SETS``) and run images first in memory."""
+    params = leaves(conv4_learner)
+    signed_norm_weights(conv4_learner, params, generator)
+    supports, queries = image_sets([5] * 4, generator), [x for x, _ in image_sets([3] * 4, generator)]
+    assert_sessions_predict_as_each_alone(conv4_learner, params, supports, queries)
+
+
 def sets_per_pass(
     learner: Learner,
     params: dict[str, Tensor],

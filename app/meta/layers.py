@@ -43,6 +43,8 @@ class Conv2d(nn.Conv2d):
             return self._conv_forward(x, weight, bias)
         tasks, n = x.shape[:2]
         if weight.dim() == 4:
+            if _images_first(x):  # convolved in that layout, no copy, and the output keeps it
+                return self.convolve(x.transpose(0, 1), weight, bias).transpose(0, 1)
             return self._conv_forward(x.flatten(0, 1), weight, bias).unflatten(0, (tasks, n))
         grouped = x.transpose(0, 1).reshape(n, -1, *x.shape[-2:])
         out = F.conv2d(
@@ -108,6 +110,12 @@ def _inference_on_cpu(x: Tensor) -> bool:
     return x.device.type == "cpu" and not (x.requires_grad and torch.is_grad_enabled())
 
 
+def _images_first(x: Tensor) -> bool:
+    """Whether a task batch ``[T, N, ...]`` lies images first in memory (``[N, T, ...]`` contiguous), as a
+    grouped convolution and the CPU's fused batch norm leave it."""
+    return not x.is_contiguous() and x.transpose(0, 1).is_contiguous()
+
+
 def _per_channel(p: Tensor) -> Tensor:
     """View a per-channel parameter ``[C]`` or ``[T, C]`` so it broadcasts over ``[T, N, C, H, W]``."""
     return p.view(-1, 1, p.shape[-1], 1, 1) if p.dim() == 2 else p.view(1, 1, -1, 1, 1)
@@ -122,8 +130,7 @@ class MaxPool2d(nn.MaxPool2d):
             return _halve(x)
         if x.dim() == 4:
             return super().forward(x)
-        if not x.is_contiguous() and x.transpose(0, 1).is_contiguous():
-            # A grouped convolution's output, images first: pooled in that layout it needs no copy.
+        if _images_first(x):  # pooled in that layout it needs no copy
             return self(x.transpose(0, 1)).transpose(0, 1)
         return super().forward(x.flatten(0, 1)).unflatten(0, x.shape[:2])
 
@@ -155,11 +162,15 @@ class ConvBlocks(nn.Sequential):
         self.blocks = blocks
 
     def forward(self, x: Tensor) -> Tensor:
-        if not _pools_first(x):
-            return super().forward(x)
-        for conv, norm, pool in self.blocks:
-            x = _pooled_first(conv, norm, pool, x)
-        return self[-1](x)
+        if _pools_first(x):
+            for conv, norm, pool in self.blocks:
+                x = _pooled_first(conv, norm, pool, x)
+            return self[-1](x)
+        if x.dim() == 5 and _inference_on_cpu(x):
+            # Images first from the start, a copy of the small input: the CPU's fused batch norm and every
+            # layer after it then run in its layout without copying their activations.
+            x = x.transpose(0, 1).contiguous().transpose(0, 1)
+        return super().forward(x)
 
 
 def _pools_first(x: Tensor) -> bool:
