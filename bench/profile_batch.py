@@ -15,6 +15,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from app.meta.host_memory import keep_freed_memory  # noqa: E402
 from app.meta.precision import use_true_float32  # noqa: E402
 from app.meta.stacked import adapt_many, predict_batches  # noqa: E402
 from bench.batched import workloads  # noqa: E402
@@ -53,7 +54,8 @@ def main() -> None:
     ap.add_argument("--workloads", nargs="+", default=["glyphs", "conv4-maml"], help="see bench/batched.py")
     ap.add_argument("--rows", type=int, default=14, help="kernels listed per workload")
     args = ap.parse_args()
-    use_true_float32()  # as the service serves
+    use_true_float32()  # as the service serves, and as it keeps freed host memory
+    keep_freed_memory()
     for name in args.workloads:
         print(profile(name, args.sessions, torch.device(args.device), args.rows))
 
