@@ -2,9 +2,10 @@
 # One GPU lease's checks, written for the lent device machine, which has torch but not the service's
 # packages: carry them as wheels in .whl (see /work/.library/device/README.md). Runs bench/batched.py at
 # 1, 64 and 1,024 sessions first, so a lease cut short still has its figures, then the CUDA tests with the
-# engine, batching, session-cache and real-server tests beside them. Results go to $OUT (default
-# bench/results). torch.compile's figures (bench/batched.py --compile) were taken by the first lease: its
-# compile of the Conv4 inner loop for 1,024 sessions alone outlasts what is left of one.
+# engine, batching, session-cache and real-server tests beside them, then a profile of one batched
+# prediction, and last torch.compile's figures for the glyph workload (bench/batched.py --compile; the
+# Conv4-MAML inner loop for 1,024 sessions compiles longer than a lease). Results go to $OUT (default
+# bench/results).
 set -uo pipefail
 out="${OUT:-bench/results}"
 export PYTHONUNBUFFERED=1
@@ -22,3 +23,6 @@ timeout 170 python3 bench/batched.py --device cuda --sessions 1 64 1024 --repeat
 timeout 170 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_cache.py tests/test_stacked.py \
   tests/test_compiled_adapt.py tests/test_batching.py tests/test_serve_e2e.py tests/test_soak.py tests/test_host_memory.py \
   >"$out/gpu-tests.log" 2>&1; tail -5 "$out/gpu-tests.log"
+timeout 60 python3 bench/profile_batch.py --device cuda >"$out/profile-cuda.txt" 2>&1; grep '^##' "$out/profile-cuda.txt"
+timeout 170 python3 bench/batched.py --device cuda --sessions 1024 --workloads glyphs --repeats 3 --compile \
+  --out "$out/batched-cuda-compiled" 2>&1 | tail -3
