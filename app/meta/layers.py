@@ -166,7 +166,7 @@ class ConvBlocks(nn.Sequential):
             for conv, norm, pool in self.blocks:
                 x = _pooled_first(conv, norm, pool, x)
             return self[-1](x)
-        if x.dim() == 5 and _inference_on_cpu(x):
+        if x.dim() == 5 and not torch.is_grad_enabled():  # on a CPU, then
             # Images first from the start, a copy of the small input: the CPU's fused batch norm and every
             # layer after it then run in its layout without copying their activations.
             x = x.transpose(0, 1).contiguous().transpose(0, 1)
