@@ -20,6 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 from app.checkpoint import load_card, load_weights  # noqa: E402
 from app.meta import InnerLoop, Learner, TaskBatch, build_net  # noqa: E402
+from app.meta.flat import Flat  # noqa: E402
 from app.meta.host_memory import keep_freed_memory  # noqa: E402
 from app.meta.precision import use_true_float32  # noqa: E402
 from app.meta.stacked import adapt_many, predict_batches  # noqa: E402
@@ -65,6 +66,15 @@ def workloads(
     return found
 
 
+def sessions(
+    learner: Learner, params: dict[str, torch.Tensor], inner: InnerLoop, tasks: TaskBatch
+) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[torch.Tensor], list[Flat]]:
+    """Each task's support set and queries, and the session adapted to each support set, all at once."""
+    supports = [(tasks.support_x[t], tasks.support_y[t]) for t in range(tasks.tasks)]
+    queries = [tasks.query_x[t] for t in range(tasks.tasks)]
+    return supports, queries, [a.changed for a in adapt_many(learner, params, supports, inner)]
+
+
 def seconds(work: Callable[[], object], device: torch.device, repeats: int) -> float:
     """The median wall time of ``work`` over ``repeats`` runs after one warm-up, synchronizing a GPU."""
     times = []
@@ -92,9 +102,7 @@ def measure(
     """Sessions/s of adapt and predict, one at a time and batched, for one workload; with ``compiled``
     also batched through ``torch.compile`` (``METASERVE_COMPILE``), its compile left to the warm-up."""
     count = tasks.tasks
-    supports = [(tasks.support_x[t], tasks.support_y[t]) for t in range(count)]
-    queries = [tasks.query_x[t] for t in range(count)]
-    changed = [a.changed for a in adapt_many(learner, params, supports, inner)]
+    supports, queries, changed = sessions(learner, params, inner, tasks)
 
     alone = min(count, ALONE)
 

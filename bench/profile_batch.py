@@ -17,17 +17,16 @@ sys.path.insert(0, str(ROOT))
 
 from app.meta.host_memory import keep_freed_memory  # noqa: E402
 from app.meta.precision import use_true_float32  # noqa: E402
-from app.meta.stacked import adapt_many, predict_batches  # noqa: E402
+from app.meta.stacked import predict_batches  # noqa: E402
+from bench.batched import sessions as batched_sessions  # noqa: E402
 from bench.batched import workloads  # noqa: E402
 
 
 def profile(name: str, sessions: int, device: torch.device, rows: int) -> str:
     """The profile table of one batched prediction of ``sessions`` sessions of workload ``name``, after
-    three warm-up calls, headed by its wall time and the device time of its kernels."""
+    three warm-up calls, headed by its wall time and its ops' own time on the device (a GPU's kernels)."""
     learner, params, inner, tasks = workloads(sessions, device)[name]
-    supports = [(tasks.support_x[t], tasks.support_y[t]) for t in range(tasks.tasks)]
-    queries = [tasks.query_x[t] for t in range(tasks.tasks)]
-    changed = [a.changed for a in adapt_many(learner, params, supports, inner)]
+    _, queries, changed = batched_sessions(learner, params, inner, tasks)
     for _ in range(3):
         predict_batches(learner, params, changed, queries)
     activities = [torch.profiler.ProfilerActivity.CPU]
@@ -42,8 +41,8 @@ def profile(name: str, sessions: int, device: torch.device, rows: int) -> str:
         wall = time.perf_counter() - started
     events = run.key_averages()
     sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    kernels = sum(getattr(e, sort) for e in events) / 1e3
-    head = f"## {name}, {sessions} sessions: {wall * 1e3:.1f} ms under the profiler, kernels {kernels:.1f} ms"
+    own = sum(getattr(e, sort) for e in events) / 1e3
+    head = f"## {name}, {sessions} sessions: {wall * 1e3:.1f} ms under the profiler, ops' own {own:.1f} ms"
     return f"{head}\n{events.table(sort_by=sort, row_limit=rows, max_name_column_width=60)}"
 
 
