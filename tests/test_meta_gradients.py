@@ -32,12 +32,15 @@ def test_second_order_grad_matches_autograd_loop_conv4_with_batch_norm(
     assert relative_error(list(grads.values()), expected) < 1e-5
 
 
+@pytest.mark.parametrize("norm", ["fused", "mean/var ops"])
 def test_batched_conv4_meta_gradient_is_exact_in_float64(
-    conv4_learner: Learner, image_batch: TaskBatch
+    conv4_learner: Learner, image_batch: TaskBatch, monkeypatch: pytest.MonkeyPatch, norm: str
 ) -> None:
-    """The batched form (per-task batch norm from mean/var ops) is exact where vmap + native batch norm
-    is off by ~5e-3 (shared/anchors/vmap_batchnorm_repro.py): against the loop and against a central
-    finite difference along a random direction, neither of which uses our batch norm."""
+    """The batched form's per-task batch norm, either way it runs (a CPU's fused kernel over the tasks'
+    channels side by side, a GPU's mean/var ops), is exact where vmap + native batch norm is off by ~5e-3
+    (shared/anchors/vmap_batchnorm_repro.py): against the loop and against a central finite difference
+    along a random direction, neither of which uses a task batch."""
+    monkeypatch.setattr("app.meta.layers._fuses_tasks", lambda x: norm == "fused")
     batch = as_dtype(image_batch, torch.float64)
     params = leaf_params(conv4_learner, torch.float64)
     maml = MAML(InnerLoop(1, 0.4))

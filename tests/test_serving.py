@@ -353,7 +353,7 @@ def test_sessions_of_two_three_and_five_labels_predicted_in_one_batch_answer_as_
 ) -> None:
     model = registry.get("glyphs")
     records = [store.create(model, strokes(n, seed=n), GREEK[:n]) for n in (2, 3, 5, 3)]
-    # Four sets of two queries: one batch on a CPU too (CPU_CONV_MIN_SETS), softmaxes of three widths.
+    # Four sets of two queries: one batch on a CPU too, softmaxes of three widths.
     queries = [Query(strokes(2, seed=10 + i), session_id=r.id) for i, r in enumerate(records)]
     together = answer_many(registry, store, queries)
     for query, record, answer in zip(queries, records, together, strict=True):

@@ -4,13 +4,15 @@ for per-example nets, grouped by size for batch norm, head-only (ANIL) included.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 import torch
 from torch import Tensor
 
-from app.meta import InnerLoop, Learner, adapt
+from app.meta import InnerLoop, Learner, adapt, layers
 from app.meta.flat import Flat, flatten, stacked
+from app.meta.functional import final_params
 from app.meta.stacked import adapt_many
 from tests.conftest import assert_sessions_predict_as_each_alone, predict_each, signed_norm_weights
 
@@ -54,42 +56,27 @@ def test_ragged_support_sets_adapt_as_each_alone(
     assert_each_alone(sinusoid_learner, supports, InnerLoop(3, 0.01, adapts="head"))
 
 
-@pytest.fixture(params=["stacked", "cpu"])
-def conv_form(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """On a CPU conv nets stack only sizes with several sets and run the others set by set; "stacked"
-    runs them as on a GPU, so both paths are checked here."""
-    if request.param == "stacked":
-        as_on_a_gpu(monkeypatch)
-    return str(request.param)
-
-
-def as_on_a_gpu(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """Run conv nets on the CPU as on a GPU: every size stacked, and a task batch's conv blocks pooled
-    first where no gradient flows. Returns, as they run, whether each pass through a conv body pooled
-    first."""
-    pooled: list[bool] = []
-
-    def pools_first(x: Tensor) -> bool:
-        pooled.append(x.dim() == 5 and not torch.is_grad_enabled())
-        return pooled[-1]
-
-    monkeypatch.setattr("app.meta.stacked.vectorizes", lambda net, device: True)
-    monkeypatch.setattr("app.meta.layers._pools_first", pools_first)
-    return pooled
-
-
-def test_batch_norm_nets_group_by_size(
-    conv4_learner: Learner, generator: torch.Generator, conv_form: str
-) -> None:
+def test_batch_norm_nets_group_by_size(conv4_learner: Learner, generator: torch.Generator) -> None:
     supports = image_sets([5, 10, 5, 10, 3], generator)
     assert_each_alone(conv4_learner, supports, InnerLoop(2, 0.1))
     assert_each_alone(conv4_learner, supports, InnerLoop(2, 0.1, adapts="head"))
 
 
+@pytest.mark.parametrize("statistics", ["centered", "var_mean"])
 def test_conv_blocks_pooled_first_answer_as_each_set_alone_with_norm_weights_of_either_sign(
-    conv4_learner: Learner, generator: torch.Generator, monkeypatch: pytest.MonkeyPatch
+    conv4_learner: Learner, generator: torch.Generator, monkeypatch: pytest.MonkeyPatch, statistics: str
 ) -> None:
-    pooled = as_on_a_gpu(monkeypatch)
+    """Stacked sets' conv blocks pool first, taking the images' statistics as a CPU does (centered in
+    place) or as a GPU does (``var_mean``)."""
+    pooled: list[bool] = []
+    real = layers._pools_first
+
+    def pools_first(x: Tensor) -> bool:
+        pooled.append(real(x))
+        return pooled[-1]
+
+    monkeypatch.setattr("app.meta.layers._pools_first", pools_first)
+    monkeypatch.setattr("app.meta.layers._centers_images", lambda y: statistics == "centered")
     params = leaves(conv4_learner)
     signed_norm_weights(conv4_learner, params, generator)  # negative ones negate their channels' filters
     supports, queries = image_sets([5] * 4, generator), [x for x, _ in image_sets([3] * 4, generator)]
@@ -97,14 +84,20 @@ def test_conv_blocks_pooled_first_answer_as_each_set_alone_with_norm_weights_of_
     assert any(pooled) and not all(pooled), "pooled first in batches with no gradient, not otherwise"
 
 
-def test_conv_sessions_stacked_on_a_cpu_answer_as_each_alone(
-    conv4_learner: Learner, generator: torch.Generator
+def test_centered_image_statistics_keep_their_accuracy_where_the_mean_dwarfs_the_spread(
+    generator: torch.Generator,
 ) -> None:
-    """Four sets of a size stack on a CPU (``CPU_CONV_MIN_SETS``) and run images first in memory."""
-    params = leaves(conv4_learner)
-    signed_norm_weights(conv4_learner, params, generator)
-    supports, queries = image_sets([5] * 4, generator), [x for x, _ in image_sets([3] * 4, generator)]
-    assert_sessions_predict_as_each_alone(conv4_learner, params, supports, queries)
+    """Images whose pixels lie near 100 with a spread of 0.01: a sum of raw squares loses every digit of
+    their variance in float32; centering first keeps it as ``var_mean`` does."""
+    centered = torch.randn(4, 5, 8, 28, 28, generator=generator) * 0.01 + 100
+    x = centered.double()
+    var, mean = torch.var_mean(x, dim=(3, 4), correction=0, keepdim=True)
+    found_mean, found_var = layers._center_images(centered)
+    torch.testing.assert_close(found_mean.double(), mean, rtol=1e-6, atol=0)
+    torch.testing.assert_close(found_var.double(), var, rtol=1e-4, atol=0)
+    torch.testing.assert_close(centered.double(), x - found_mean.double(), rtol=0, atol=1e-7)
+    raw_squares = x.float().square().mean((3, 4), keepdim=True) - found_mean.square()
+    assert not torch.allclose(raw_squares.double(), var, rtol=0.5), "the case this guards against"
 
 
 def sets_per_pass(
@@ -165,9 +158,7 @@ def test_ragged_queries_predict_as_each_alone(sinusoid_learner: Learner, generat
         )
 
 
-def test_batch_norm_queries_group_by_size(
-    conv4_learner: Learner, generator: torch.Generator, conv_form: str
-) -> None:
+def test_batch_norm_queries_group_by_size(conv4_learner: Learner, generator: torch.Generator) -> None:
     params = leaves(conv4_learner)
     heads = [
         a.changed
@@ -183,18 +174,25 @@ def test_batch_norm_queries_group_by_size(
         )
 
 
-def test_conv_sets_on_a_cpu_stack_by_size_and_run_alone_where_too_few_share_one(
+def test_conv_sets_stack_by_size_adapting_and_predicting(
     conv4_learner: Learner, generator: torch.Generator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("app.meta.stacked.CPU_CONV_MIN_SETS", 3)
     params = leaves(conv4_learner)
-    supports = image_sets([2, 2, 1, 2, 1, 2, 2, 1, 1], generator)
+    supports = image_sets([2, 2, 1, 2, 3, 2, 2, 1, 1], generator)
+    adapted: list[int] = []
+
+    def counted(learner: Learner, p: dict[str, Tensor], x: Tensor, *rest: Any) -> dict[str, Tensor]:
+        adapted.append(x.shape[0] if x.dim() == len(learner.net.input_shape) + 2 else 1)
+        return final_params(learner, p, x, *rest)
+
+    monkeypatch.setattr("app.meta.stacked.final_params", counted)
     assert_each_alone(conv4_learner, supports, InnerLoop(2, 0.1))
+    assert sorted(adapted) == [1, 3, 5], "the five sets of 2 at once, the three of 1, the one of 3"
     assert_each_alone(conv4_learner, supports, InnerLoop(2, 0.1, adapts="head"))
     heads = [a.changed for a in adapt_many(conv4_learner, params, supports, InnerLoop(1, 0.1, adapts="head"))]
     queries = [x for x, _ in image_sets([2, 1, 2, 2, 1, 2, 2, 2, 3], generator)]
     passes = sets_per_pass(conv4_learner, params, heads, queries, monkeypatch)
-    assert sorted(passes) == [1, 1, 1, 6], "the six sets of 2 at once, the rest alone"
+    assert sorted(passes) == [1, 2, 6], "the six sets of 2 at once, the two of 1, the one of 3"
 
 
 def test_initialization_alone_predicts_through_the_same_path(sinusoid_learner: Learner) -> None:

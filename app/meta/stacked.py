@@ -5,9 +5,9 @@ so a batch of sessions runs as one forward (and backward) pass instead of one pe
 different sizes are padded, with the padding masked out of the loss, when the net treats examples
 independently; a net with batch norm, whose statistics mix a set's examples, runs each size as its own
 batch instead. Either way every answer equals the one computed for that set alone. A batch whose
-activations would pass ``BATCH_VALUES`` splits. Conv nets on a CPU stack only batches of several sets,
-where the batch repays the task layout's copies; the process keeps freed memory mapped (``host_memory``)
-so that their large activations are not faulted in afresh.
+activations would pass ``BATCH_VALUES`` splits. Conv nets stack on a CPU as on a GPU, from two sets; the
+process keeps freed memory mapped (``host_memory``) so that their large activations are not faulted in
+afresh.
 """
 
 from __future__ import annotations
@@ -20,19 +20,15 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
-from app.meta.algorithms import vectorizes
 from app.meta.flat import Flat, rows_of, stacked
 from app.meta.functional import InnerLoop, Learner, Params, compiled_form, final_params
 
-__all__ = ["BATCH_VALUES", "CPU_CONV_MIN_SETS", "Adaptation", "Batch", "adapt_many", "predict_batches"]
+__all__ = ["BATCH_VALUES", "Adaptation", "Batch", "adapt_many", "predict_batches"]
 
 BATCH_VALUES = 2**29
 """Most first-layer values (2 GiB of float32) one batch computes, larger batches splitting: 1,024 glyph
 sessions of ten queries still run as one batch on a GPU, while 64 calls of 10,000 glyph queries each run
 one by one (as a set larger than this does) instead of as one batch of 128 GiB."""
-CPU_CONV_MIN_SETS = 4
-"""Fewer sets of one size than this run set by set in a conv net on a CPU: their task batch's layout costs
-copies that two or three sets do not repay (pairs of five-image sets: 0.8-0.9x, bench/README.md)."""
 
 
 @dataclass(frozen=True)
@@ -154,19 +150,16 @@ def _device(params: Params) -> torch.device:
 
 def _groups(learner: Learner, xs: Sequence[Tensor]) -> list[list[int]]:
     """Indices of the sets that run as one batch: all of them when padding is exact, else by size, in
-    batches of at most ``BATCH_VALUES`` first-layer values. Where the engine does not vectorize tasks
-    for training (conv nets on a CPU, see ``vectorizes``), fewer than ``CPU_CONV_MIN_SETS`` sets run
-    each alone."""
+    batches of at most ``BATCH_VALUES`` first-layer values."""
     if not xs:
         return []
     by_size: dict[int, list[int]] = {}
     per_example = learner.net.per_example  # a walk over the net's modules: once, not once per set
     for i, x in enumerate(xs):
         by_size.setdefault(0 if per_example else x.shape[0], []).append(i)
-    stack_few, values, batches = vectorizes(learner.net, xs[0].device), _first_values(learner.net, xs[0]), []
+    values, batches = _first_values(learner.net, xs[0]), []
     for group in by_size.values():
         per = max(1, BATCH_VALUES // (max(xs[i].shape[0] for i in group) * values))
-        per = per if stack_few or min(per, len(group)) >= CPU_CONV_MIN_SETS else 1
         batches += [group[start : start + per] for start in range(0, len(group), per)]
     return batches
 
