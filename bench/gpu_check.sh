@@ -3,9 +3,10 @@
 # packages: carry them as wheels in .whl (see /work/.library/device/README.md). Runs bench/batched.py at
 # 1, 64 and 1,024 sessions first, so a lease cut short still has its figures, then the CUDA tests with the
 # engine, batching, session-cache and real-server tests beside them, then a profile of one batched
-# prediction, and last torch.compile's figures for the glyph workload (bench/batched.py --compile; the
-# Conv4-MAML inner loop for 1,024 sessions compiles longer than a lease). Results go to $OUT (default
-# bench/results).
+# prediction, then Conv4-MAML with a task batch's batch norm through torch's fused kernel as on a CPU
+# (layers._fuses_tasks forced: does the GPU gain what the CPU did?), and last torch.compile's figures for
+# the glyph workload (bench/batched.py --compile; the Conv4-MAML inner loop for 1,024 sessions compiles
+# longer than a lease). Results go to $OUT (default bench/results).
 set -uo pipefail
 out="${OUT:-bench/results}"
 export PYTHONUNBUFFERED=1
@@ -24,5 +25,10 @@ timeout 170 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/te
   tests/test_compiled_adapt.py tests/test_batching.py tests/test_serve_e2e.py tests/test_soak.py tests/test_host_memory.py \
   >"$out/gpu-tests.log" 2>&1; tail -5 "$out/gpu-tests.log"
 timeout 60 python3 bench/profile_batch.py --device cuda >"$out/profile-cuda.txt" 2>&1; grep '^##' "$out/profile-cuda.txt"
+timeout 90 python3 -c 'import runpy, sys, app.meta.layers as layers
+layers._fuses_tasks = lambda x: True
+sys.argv = ["batched.py", *sys.argv[1:]]
+runpy.run_path("bench/batched.py", run_name="__main__")' --device cuda --sessions 1 1024 --workloads conv4-maml \
+  --repeats 3 --out "$out/batched-cuda-fused-norm" 2>&1 | tail -3
 timeout 170 python3 bench/batched.py --device cuda --sessions 1024 --workloads glyphs --repeats 3 --compile \
   --out "$out/batched-cuda-compiled" 2>&1 | tail -3
