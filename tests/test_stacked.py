@@ -100,6 +100,11 @@ def test_centered_image_statistics_keep_their_accuracy_where_the_mean_dwarfs_the
     assert not torch.allclose(raw_squares.double(), var, rtol=0.5), "the case this guards against"
 
 
+def sets_in(learner: Learner, x: Tensor) -> int:
+    """How many sets one pass's input holds: its task dimension's length, or one set without it."""
+    return x.shape[0] if x.dim() == len(learner.net.input_shape) + 2 else 1
+
+
 def sets_per_pass(
     learner: Learner,
     params: dict[str, Tensor],
@@ -112,7 +117,7 @@ def sets_per_pass(
     found: list[int] = []
 
     def counted(learner: Learner, p: dict[str, Tensor], x: Tensor) -> Tensor:
-        found.append(x.shape[0] if x.dim() == len(learner.net.input_shape) + 2 else 1)
+        found.append(sets_in(learner, x))
         return learner.predict(p, x)
 
     monkeypatch.setattr("app.meta.stacked._forward", counted)
@@ -182,7 +187,7 @@ def test_conv_sets_stack_by_size_adapting_and_predicting(
     adapted: list[int] = []
 
     def counted(learner: Learner, p: dict[str, Tensor], x: Tensor, *rest: Any) -> dict[str, Tensor]:
-        adapted.append(x.shape[0] if x.dim() == len(learner.net.input_shape) + 2 else 1)
+        adapted.append(sets_in(learner, x))
         return final_params(learner, p, x, *rest)
 
     monkeypatch.setattr("app.meta.stacked.final_params", counted)
