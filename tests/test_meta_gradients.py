@@ -37,10 +37,11 @@ def test_batched_conv4_meta_gradient_is_exact_in_float64(
     conv4_learner: Learner, image_batch: TaskBatch, monkeypatch: pytest.MonkeyPatch, norm: str
 ) -> None:
     """The batched form's per-task batch norm, either way it runs (a CPU's fused kernel over the tasks'
-    channels side by side, a GPU's mean/var ops), is exact where vmap + native batch norm is off by ~5e-3
-    (shared/anchors/vmap_batchnorm_repro.py): against the loop and against a central finite difference
-    along a random direction, neither of which uses a task batch."""
+    channels side by side, a GPU's mean/var ops), and a CPU's max-pool by maxima are exact where vmap +
+    native batch norm is off by ~5e-3 (shared/anchors/vmap_batchnorm_repro.py): against the loop and
+    against a central finite difference along a random direction, neither of which uses a task batch."""
     monkeypatch.setattr("app.meta.layers._fuses_tasks", lambda x: norm == "fused")
+    monkeypatch.setattr("app.meta.layers.MAXIMA_MIN_VALUES", 0)  # every max-pool by maxima on a CPU
     batch = as_dtype(image_batch, torch.float64)
     params = leaf_params(conv4_learner, torch.float64)
     maml = MAML(InnerLoop(1, 0.4))
