@@ -144,7 +144,7 @@ their ten ops (one Conv4 set's 5 images of 64 channels at 14x14: 0.07-0.10 vs 0.
 
 class MaxPool2d(nn.MaxPool2d):
     """``nn.MaxPool2d`` that also takes task batches ``[T, N, C, H, W]``. On a CPU its plain 2x2 pool takes
-    elementwise maxima of strided views, 2-13x faster than torch's NCHW kernel; with gradients, where the
+    elementwise maxima of strided views, 1.7-13x faster than torch's NCHW kernel; with gradients, where the
     images hold at least ``MAXIMA_MIN_VALUES``."""
 
     def forward(self, x: Tensor) -> Tensor:
