@@ -35,9 +35,9 @@ Form = Literal["auto", "batched", "loop"]
 def vectorizes(net: nn.Module, device: torch.device) -> bool:
     """Whether a task batch runs as one batched computation rather than task by task.
 
-    On a GPU, always. On a CPU, only for nets without convolutions: there a conv net's task loop holds
-    one task's activations at a time (at second order, every inner step's) for 1.02-1.19x the batch's
-    time (Conv4, 8 tasks of 5 + 75 images, bench/README.md).
+    On a GPU, always. On a CPU, only for nets without convolutions: there a conv net's task loop peaks at
+    half the batch's memory and runs as fast or faster (Conv4, 32 tasks of 5 + 75 images: 2.2 against
+    4.4 GB; second order even, first order 1.39x; bench/README.md).
     """
     return device.type != "cpu" or not any(isinstance(m, nn.Conv2d) for m in net.modules())
 
