@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -26,7 +27,7 @@ from app.meta.precision import use_true_float32  # noqa: E402
 from app.meta.stacked import adapt_many, predict_batches  # noqa: E402
 from app.meta.tasks.noise_images import noise_image_tasks  # noqa: E402
 from app.meta.tasks.sinusoid import sinusoid_tasks  # noqa: E402
-from bench.report import cpu_name, machine, table, write  # noqa: E402
+from bench.report import cpu_name, machine, peak_gflops, sync, table, write  # noqa: E402
 
 TARGETS = {"cpu": {"sinusoid": 10.0, "glyphs": 2.0, "conv4-maml": 2.0}, "cuda": {"*": 100.0}}
 """Batched over one-at-a-time sessions/s: issue 6's targets at 64 sessions on a CPU, 1,024 on a GPU."""
@@ -79,14 +80,20 @@ def seconds(work: Callable[[], object], device: torch.device, repeats: int) -> f
     """The median wall time of ``work`` over ``repeats`` runs after one warm-up, synchronizing a GPU."""
     times = []
     for _ in range(repeats + 1):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
         started = time.perf_counter()
         work()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
         times.append(time.perf_counter() - started)
     return statistics.median(times[1:])
+
+
+def flops(work: Callable[[], object]) -> int:
+    """The floating-point operations of one run of ``work``, as ``torch.utils.flop_counter`` counts them
+    (matmuls and convolutions, forward and backward)."""
+    with FlopCounterMode(display=False) as counter:
+        work()
+    return int(counter.get_total_flops())
 
 
 def measure(
@@ -98,9 +105,12 @@ def measure(
     device: torch.device,
     repeats: int,
     compiled: bool,
+    peak: float,
 ) -> dict[str, Any]:
-    """Sessions/s of adapt and predict, one at a time and batched, for one workload; with ``compiled``
-    also batched through ``torch.compile`` (``METASERVE_COMPILE``), its compile left to the warm-up."""
+    """Sessions/s of adapt and predict, one at a time and batched, for one workload, and the ratio each
+    could reach at most were the batch's arithmetic all it took, at the machine's ``peak`` GFLOP/s; with
+    ``compiled`` also batched through ``torch.compile`` (``METASERVE_COMPILE``), its compile left to the
+    warm-up."""
     count = tasks.tasks
     supports, queries, changed = sessions(learner, params, inner, tasks)
 
@@ -131,12 +141,20 @@ def measure(
             lambda: predict_batches(learner, params, changed, queries, compile_forward=True), device, repeats
         )
     rates = {k: count / v for k, v in timings.items()}
+    # A batch computes what its sessions compute alone, so one session's count times the sessions is the
+    # batch's (counted on the batch, the counter takes a task-grouped convolution's backward as ungrouped).
+    work = {
+        "adapt": flops(lambda: adapt_many(learner, params, supports[:1], inner)) * count,
+        "predict": flops(lambda: predict_batches(learner, params, changed[:1], queries[:1])) * count,
+    }
     row = {
         "workload": name,
         "sessions": count,
         "sessions_per_s": rates,
         "adapt_ratio": rates["adapt batched"] / rates["adapt one at a time"],
         "predict_ratio": rates["predict batched"] / rates["predict one at a time"],
+        "flops": work,
+        "ratio_ceiling": {k: timings[f"{k} one at a time"] * peak * 1e9 / work[k] for k in work},
     }
     if device.type == "cpu":
         works = {"adapt": adapt_alone, "predict": predict_alone}
@@ -170,12 +188,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     use_true_float32()  # as the service serves, and as it keeps freed host memory
     keep_freed_memory()
-    rows = []
+    peak, rows = peak_gflops(device), []
     for count in args.sessions:
         for name, (learner, params, inner, tasks) in workloads(count, device).items():
             if name not in args.workloads:
                 continue
-            rows.append(measure(name, learner, params, inner, tasks, device, args.repeats, args.compile))
+            row = measure(name, learner, params, inner, tasks, device, args.repeats, args.compile, peak)
+            rows.append(row)
     targets = TARGETS[device.type]
     for row in rows:
         target = targets.get(row["workload"], targets.get("*"))
@@ -184,6 +203,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     return {
         "machine": machine(device=name),
+        "peak_gflops": peak,
         "rows": rows,
     }  # fmt: skip
 
@@ -192,7 +212,8 @@ def markdown(report: dict[str, Any]) -> str:
     info = report["machine"]
     header = ["workload", "sessions", "adapt alone /s", "adapt batched /s", "ratio", "predict alone /s",
               "predict batched /s", "ratio", "target", "adapt compiled ÷ eager",
-              "predict compiled ÷ eager", "alone in kernels: adapt / predict"]  # fmt: skip
+              "predict compiled ÷ eager", "alone in kernels: adapt / predict",
+              "arithmetic ceiling: adapt / predict"]  # fmt: skip
     rows = []
     for r in report["rows"]:
         s = r["sessions_per_s"]
@@ -206,8 +227,9 @@ def markdown(report: dict[str, Any]) -> str:
         ]
         shares = r.get("kernel_share")
         kernels = "-" if shares is None else " / ".join(f"{shares[k]:.0%}" for k in ("adapt", "predict"))
+        ceiling = " / ".join(f"{r['ratio_ceiling'][k]:,.1f}x" for k in ("adapt", "predict"))
         rows.append([r["workload"], str(r["sessions"]), *rates, f"{r['adapt_ratio']:.1f}x", *predict_rates,
-                     f"{r['predict_ratio']:.1f}x", target, *compiled, kernels])  # fmt: skip
+                     f"{r['predict_ratio']:.1f}x", target, *compiled, kernels, ceiling])  # fmt: skip
     return "\n".join([
         f"# Engine-level batching, {info['date']}, commit {info['commit']}",
         "",
@@ -222,7 +244,11 @@ def markdown(report: dict[str, Any]) -> str:
         "Alone in kernels (CPU): the share of the one-at-a-time time that torch's compute kernels take "
         "(their self time under the profiler). Where each kernel is large (Conv4's), a batch that removed "
         "all the rest would gain at most 1 ÷ share; tiny kernels (the sinusoid's) are mostly their own "
-        "per-call cost, which batching removes too.",
+        "per-call cost, which batching removes too. Arithmetic ceiling: the ratio a batch would reach "
+        "if it took only its arithmetic at this machine's large float32 matmul rate "
+        f"({report['peak_gflops']:,.0f} GFLOP/s, measured in the same run): the one-at-a-time time over "
+        "the batch's FLOPs (its matmuls' and convolutions', one session's as `torch.utils.flop_counter` "
+        "counts them, times the sessions) at that rate.",
         "",
         *table(header, rows),
         "",

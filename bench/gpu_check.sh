@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One GPU lease's checks, written for the lent device machine, which has torch but not the service's
 # packages: carry them as wheels in .whl (see /work/.library/device/README.md). Runs bench/batched.py at
-# 1, 64 and 1,024 sessions first, so a lease cut short still has its figures, then the CUDA tests with the
+# 1, 64 and 1,024 sessions first, so a lease cut short still has its figures, then Conv4's convolutions with
+# a weight per task, grouped against unfolded (bench/task_convs.py), then the CUDA tests with the
 # engine, batching, session-cache and real-server tests beside them, then a profile of one batched
 # prediction, then Conv4-MAML with a task batch's batch norm through torch's fused kernel as on a CPU
 # (layers._fuses_tasks forced: does the GPU gain what the CPU did?), and last torch.compile's figures for
@@ -21,6 +22,7 @@ chmod +x "$(dirname "$python")/metaserve"
 { nvidia-smi -L; python3 -c "import torch; print('torch', torch.__version__)"; } | tee "$out/gpu.txt"
 timeout 170 python3 bench/batched.py --device cuda --sessions 1 64 1024 --repeats 3 --out "$out/batched-cuda" \
   2>&1 | tail -12
+timeout 60 python3 bench/task_convs.py --device cuda --out "$out/task-convs-cuda" 2>&1 | tail -10
 timeout 170 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_cache.py tests/test_stacked.py \
   tests/test_compiled_adapt.py tests/test_batching.py tests/test_serve_e2e.py tests/test_soak.py tests/test_host_memory.py \
   >"$out/gpu-tests.log" 2>&1; tail -5 "$out/gpu-tests.log"

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from app.meta import MAML, InnerLoop, Learner, TaskBatch, adapt, build_net  # noqa: E402
 from app.meta.precision import use_true_float32  # noqa: E402
-from bench.report import commit, table, write  # noqa: E402
+from bench.report import commit, peak_gflops, sync, table, write  # noqa: E402
 
 
 def load_anchors(path: Path) -> ModuleType:
@@ -71,11 +71,6 @@ def metaserve_impl(anchors: ModuleType) -> type:
             return lambda query: self.learner.predict(adapted, query)
 
     return Metaserve
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def time_meta(
@@ -122,19 +117,6 @@ def time_adapt(
         sync(device)
         times.append(time.perf_counter() - start)
     return times[warmup:]
-
-
-def peak_gflops(device: torch.device, size: int = 2048) -> float:
-    """The machine's attainable float32 rate: the best of a few large matrix products."""
-    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
-    best = float("inf")
-    for _ in range(5):
-        sync(device)
-        start = time.perf_counter()
-        a @ b
-        sync(device)
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best / 1e9
 
 
 def meta_iteration_flops(

@@ -54,6 +54,25 @@ def run_and_write(
     write(args.out, report, markdown(report))
 
 
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a timer around it times the work (a no-op on a CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_gflops(device: torch.device, size: int = 2048) -> float:
+    """The machine's attainable float32 rate: the best of a few large matrix products."""
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    best = float("inf")
+    for _ in range(5):
+        sync(device)
+        start = time.perf_counter()
+        a @ b
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
 def cpu_name() -> str:
     """The CPU's model name from /proc/cpuinfo, or what ``platform`` knows where there is none."""
     info = Path("/proc/cpuinfo")
