@@ -154,6 +154,7 @@ def measure(
         "adapt_ratio": rates["adapt batched"] / rates["adapt one at a time"],
         "predict_ratio": rates["predict batched"] / rates["predict one at a time"],
         "flops": work,
+        "peak_gflops": peak,
         "ratio_ceiling": {k: timings[f"{k} one at a time"] * peak * 1e9 / work[k] for k in work},
     }
     if device.type == "cpu":
@@ -188,13 +189,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     use_true_float32()  # as the service serves, and as it keeps freed host memory
     keep_freed_memory()
-    peak, rows = peak_gflops(device), []
+    rows = []
     for count in args.sessions:
         for name, (learner, params, inner, tasks) in workloads(count, device).items():
             if name not in args.workloads:
                 continue
-            row = measure(name, learner, params, inner, tasks, device, args.repeats, args.compile, peak)
-            rows.append(row)
+            # Taken beside each row's timings: this VM's rate drifts by a third within minutes.
+            peak = peak_gflops(device)
+            rows.append(
+                measure(name, learner, params, inner, tasks, device, args.repeats, args.compile, peak)
+            )
     targets = TARGETS[device.type]
     for row in rows:
         target = targets.get(row["workload"], targets.get("*"))
@@ -203,7 +207,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     return {
         "machine": machine(device=name),
-        "peak_gflops": peak,
         "rows": rows,
     }  # fmt: skip
 
@@ -228,6 +231,7 @@ def markdown(report: dict[str, Any]) -> str:
         shares = r.get("kernel_share")
         kernels = "-" if shares is None else " / ".join(f"{shares[k]:.0%}" for k in ("adapt", "predict"))
         ceiling = " / ".join(f"{r['ratio_ceiling'][k]:,.1f}x" for k in ("adapt", "predict"))
+        ceiling += f" at {r['peak_gflops']:,.0f} GFLOP/s"
         rows.append([r["workload"], str(r["sessions"]), *rates, f"{r['adapt_ratio']:.1f}x", *predict_rates,
                      f"{r['predict_ratio']:.1f}x", target, *compiled, kernels, ceiling])  # fmt: skip
     return "\n".join([
@@ -245,9 +249,9 @@ def markdown(report: dict[str, Any]) -> str:
         "(their self time under the profiler). Where each kernel is large (Conv4's), a batch that removed "
         "all the rest would gain at most 1 ÷ share; tiny kernels (the sinusoid's) are mostly their own "
         "per-call cost, which batching removes too. Arithmetic ceiling: the ratio a batch would reach "
-        "if it took only its arithmetic at this machine's large float32 matmul rate "
-        f"({report['peak_gflops']:,.0f} GFLOP/s, measured in the same run): the one-at-a-time time over "
-        "the batch's FLOPs (its matmuls' and convolutions', one session's as `torch.utils.flop_counter` "
+        "if it took only its arithmetic at this machine's large float32 matmul rate (the best of five "
+        "2,048² products, measured just before the row's timings): the one-at-a-time time over the batch's "
+        "FLOPs (its matmuls' and convolutions', one session's as `torch.utils.flop_counter` "
         "counts them, times the sessions) at that rate.",
         "",
         *table(header, rows),
