@@ -76,16 +76,19 @@ def sessions(
     return supports, queries, [a.changed for a in adapt_many(learner, params, supports, inner)]
 
 
-def seconds(work: Callable[[], object], device: torch.device, repeats: int) -> float:
-    """The median wall time of ``work`` over ``repeats`` runs after one warm-up, synchronizing a GPU."""
-    times = []
+def seconds(works: dict[str, Callable[[], object]], device: torch.device, repeats: int) -> dict[str, float]:
+    """The median wall time of each of ``works`` over ``repeats`` rounds after one warm-up round, every
+    round running each work once, synchronizing a GPU: this VM's rate drifts by a third within minutes,
+    and taken in turn the drift falls on every work alike, not on whichever ran last."""
+    times: dict[str, list[float]] = {k: [] for k in works}
     for _ in range(repeats + 1):
-        sync(device)
-        started = time.perf_counter()
-        work()
-        sync(device)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times[1:])
+        for name, work in works.items():
+            sync(device)
+            started = time.perf_counter()
+            work()
+            sync(device)
+            times[name].append(time.perf_counter() - started)
+    return {k: statistics.median(v[1:]) for k, v in times.items()}
 
 
 def flops(work: Callable[[], object]) -> int:
@@ -125,21 +128,21 @@ def measure(
         for c, x in zip(changed[:alone], queries[:alone], strict=True):
             predict_batches(learner, params, [c], [x])
 
-    timings = {
-        "adapt one at a time": seconds(adapt_alone, device, repeats) * count / alone,
-        "adapt batched": seconds(lambda: adapt_many(learner, params, supports, inner), device, repeats),
-        "predict one at a time": seconds(predict_alone, device, repeats) * count / alone,
-        "predict batched": seconds(
-            lambda: predict_batches(learner, params, changed, queries), device, repeats
-        ),
+    works: dict[str, Callable[[], object]] = {
+        "adapt one at a time": adapt_alone,
+        "adapt batched": lambda: adapt_many(learner, params, supports, inner),
+        "predict one at a time": predict_alone,
+        "predict batched": lambda: predict_batches(learner, params, changed, queries),
     }
     if compiled:
-        timings["adapt batched, compiled"] = seconds(
-            lambda: adapt_many(learner, params, supports, inner, compile_steps=True), device, repeats
+        works["adapt batched, compiled"] = lambda: adapt_many(
+            learner, params, supports, inner, compile_steps=True
         )
-        timings["predict batched, compiled"] = seconds(
-            lambda: predict_batches(learner, params, changed, queries, compile_forward=True), device, repeats
+        works["predict batched, compiled"] = lambda: predict_batches(
+            learner, params, changed, queries, compile_forward=True
         )
+    timings = seconds(works, device, repeats)
+    timings.update({k: v * count / alone for k, v in timings.items() if k.endswith("one at a time")})
     rates = {k: count / v for k, v in timings.items()}
     # A batch computes what its sessions compute alone, so one session's count times the sessions is the
     # batch's (counted on the batch, the counter takes a task-grouped convolution's backward as ungrouped).
@@ -238,8 +241,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"# Engine-level batching, {info['date']}, commit {info['commit']}",
         "",
         f"{info['device']}, torch {info['torch']} ({info['torch_threads']} threads). Sessions/s (median of "
-        "the repeats) of adapting each session's support set and predicting its 10 queries, one session "
-        f"at a time (at most the first {ALONE}) vs all at once, through the calls the service makes "
+        "the repeats, each round running every call once in turn) of adapting each session's support set "
+        f"and predicting its 10 queries, one session at a time (at most the first {ALONE}) vs all at once, "
+        "through the calls the service makes "
         "(`adapt_many`, `predict_batches`); sinusoid: 10 support points, the card's inner loop; glyphs: "
         "5-way 1-shot, the card's ANIL head-only loop; "
         "conv4-maml: the same net adapting every tensor; in true float32 (TF32 off), as the service "

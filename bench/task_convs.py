@@ -60,13 +60,15 @@ def layer(
 
     with torch.no_grad():
         difference = (forms["grouped"]() - forms["unfolded"]()).abs().max().item()
-    timings = {
-        f"{form} {what}": seconds(
-            lambda f=form, w=what: (forward if w == "forward" else both)(f), device, repeats
-        )
-        for form in forms
-        for what in ("forward", "forward + backward")
-    }
+    timings = seconds(
+        {
+            f"{form} {what}": lambda f=form, w=what: (forward if w == "forward" else both)(f)
+            for form in forms
+            for what in ("forward", "forward + backward")
+        },
+        device,
+        repeats,
+    )
     flops = 2 * tasks * images * size * size * 64 * channels * 9
     return {
         "channels": channels,
