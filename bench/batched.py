@@ -27,7 +27,7 @@ from app.meta.precision import use_true_float32  # noqa: E402
 from app.meta.stacked import adapt_many, predict_batches  # noqa: E402
 from app.meta.tasks.noise_images import noise_image_tasks  # noqa: E402
 from app.meta.tasks.sinusoid import sinusoid_tasks  # noqa: E402
-from bench.report import cpu_name, machine, peak_gflops, sync, table, write  # noqa: E402
+from bench.report import cpu_name, device_parser, machine, peak_gflops, run_on_device, sync, table  # noqa: E402
 
 TARGETS = {"cpu": {"sinusoid": 10.0, "glyphs": 2.0, "conv4-maml": 2.0}, "cuda": {"*": 100.0}}
 """Batched over one-at-a-time sessions/s: issue 6's targets at 64 sessions on a CPU, 1,024 on a GPU."""
@@ -264,24 +264,17 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap = device_parser(__doc__ or "", "batched")
     ap.add_argument(
         "--sessions", type=int, nargs="+", default=[64], help="sessions per batch (GPU: 1 64 1024)"
     )
-    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument(
         "--workloads", nargs="+", default=["sinusoid", "glyphs", "conv4-maml"], help="which to run"
     )
     ap.add_argument(
         "--compile", action="store_true", help="also time the batched calls through torch.compile"
     )
-    ap.add_argument(
-        "--out", type=Path, default=None, help="writes OUT.{json,md} (default bench/results/batched-DEVICE)"
-    )
-    args = ap.parse_args()
-    report = run(args)
-    write(args.out or ROOT / "bench" / "results" / f"batched-{args.device}", report, markdown(report))
+    run_on_device(ap, run, markdown)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,33 @@ def run_and_write(
     write(args.out, report, markdown(report))
 
 
+def device_parser(description: str, name: str) -> argparse.ArgumentParser:
+    """The arguments of an engine benchmark that runs on a CPU or a GPU: ``--device`` (a GPU where there is
+    one), ``--repeats``, and ``--out`` (default ``bench/results/NAME-DEVICE``, filled in by
+    ``run_on_device``)."""
+    ap = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument(
+        "--out", type=Path, default=None, help=f"writes OUT.{{json,md}} (default results/{name}-DEVICE)"
+    )
+    ap.set_defaults(name=name)
+    return ap
+
+
+def run_on_device(
+    ap: argparse.ArgumentParser,
+    run: Callable[[argparse.Namespace], dict[str, Any]],
+    markdown: Callable[[dict[str, Any]], str],
+) -> None:
+    """A ``device_parser`` benchmark's main: its arguments parsed, then ``run_and_write``."""
+    args = ap.parse_args()
+    args.out = args.out or ROOT / "bench" / "results" / f"{args.name}-{args.device}"
+    run_and_write(args, run, markdown)
+
+
 def sync(device: torch.device) -> None:
     """Wait for the device's queued work, so that a timer around it times the work (a no-op on a CPU)."""
     if device.type == "cuda":

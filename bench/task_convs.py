@@ -24,7 +24,7 @@ from app.meta.host_memory import keep_freed_memory  # noqa: E402
 from app.meta.layers import Conv2d  # noqa: E402
 from app.meta.precision import use_true_float32  # noqa: E402
 from bench.batched import seconds  # noqa: E402
-from bench.report import cpu_name, machine, peak_gflops, table, write  # noqa: E402
+from bench.report import cpu_name, device_parser, machine, peak_gflops, run_on_device, table  # noqa: E402
 
 LAYERS = ((1, 28), (64, 14), (64, 7), (64, 3))
 """Conv4's input channels and image size at each of its four 3x3 convolutions (64 filters each)."""
@@ -113,20 +113,10 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap = device_parser(__doc__ or "", "task-convs")
     ap.add_argument("--sessions", type=int, default=1024, help="tasks, each with its own weight")
     ap.add_argument("--images", type=int, default=10, help="images per task (10 queries; 5 for 5-way 1-shot)")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help="writes OUT.{json,md} (default bench/results/task-convs-DEVICE)",
-    )
-    args = ap.parse_args()
-    report = run(args)
-    write(args.out or ROOT / "bench" / "results" / f"task-convs-{args.device}", report, markdown(report))
+    run_on_device(ap, run, markdown)
 
 
 if __name__ == "__main__":
