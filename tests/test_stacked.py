@@ -62,14 +62,12 @@ def test_batch_norm_nets_group_by_size(conv4_learner: Learner, generator: torch.
     assert_each_alone(conv4_learner, supports, InnerLoop(2, 0.1, adapts="head"))
 
 
-@pytest.mark.parametrize("statistics", ["centered", "centered a set at a time", "var_mean"])
+@pytest.mark.parametrize("statistics", ["centered", "var_mean"])
 def test_conv_blocks_pooled_first_answer_as_each_set_alone_with_norm_weights_of_either_sign(
     conv4_learner: Learner, generator: torch.Generator, monkeypatch: pytest.MonkeyPatch, statistics: str
 ) -> None:
     """Stacked sets' conv blocks pool first, taking the images' statistics as a CPU does (centered in
-    place, in slices of the batch where it is large) or as a GPU does (``var_mean``)."""
-    if statistics == "centered a set at a time":
-        monkeypatch.setattr("app.meta.layers.CACHED_VALUES", 1)
+    place) or as a GPU does (``var_mean``)."""
     pooled: list[bool] = []
     real = layers._pools_first
 
@@ -78,34 +76,12 @@ def test_conv_blocks_pooled_first_answer_as_each_set_alone_with_norm_weights_of_
         return pooled[-1]
 
     monkeypatch.setattr("app.meta.layers._pools_first", pools_first)
-    monkeypatch.setattr("app.meta.layers._centers_images", lambda y: statistics.startswith("centered"))
+    monkeypatch.setattr("app.meta.layers._centers_images", lambda y: statistics == "centered")
     params = leaves(conv4_learner)
     signed_norm_weights(conv4_learner, params, generator)  # negative ones negate their channels' filters
     supports, queries = image_sets([5] * 4, generator), [x for x, _ in image_sets([3] * 4, generator)]
     assert_sessions_predict_as_each_alone(conv4_learner, params, supports, queries)
     assert any(pooled) and not all(pooled), "pooled first in batches with no gradient, not otherwise"
-
-
-@pytest.mark.parametrize("weight_per_set", [False, True])
-def test_a_large_pooled_first_batch_goes_in_slices_with_the_same_values(
-    generator: torch.Generator, monkeypatch: pytest.MonkeyPatch, weight_per_set: bool
-) -> None:
-    """Five sets whose convolution outputs fill two slices and a remainder pool and take statistics as the
-    whole batch does, with one weight for all sets (ANIL's body) or one per set (MAML: a slice of one set
-    convolves ungrouped, with its own rounding)."""
-    conv, pool = layers.Conv2d(3, 4, 3, padding=1), layers.MaxPool2d(2)
-    x = torch.randn(5, 2, 3, 6, 6, generator=generator)
-    weight = torch.randn(5, 4, 3, 3, 3, generator=generator) if weight_per_set else conv.weight.detach()
-    with torch.no_grad():
-        whole = layers._pooled_moments(conv, pool, x, weight, centered=True)
-        monkeypatch.setattr("app.meta.layers.CACHED_VALUES", 2 * 2 * 4 * 6 * 6)  # two sets' outputs
-        calls: list[int] = []
-        real = conv.convolve
-        monkeypatch.setattr(conv, "convolve", lambda x, w, b: calls.append(x.shape[0]) or real(x, w, b))
-        sliced = layers._pooled_moments(conv, pool, x, weight, centered=True)
-    assert calls == [2, 2, 1]
-    for found, expected in zip(sliced, whole, strict=True):
-        torch.testing.assert_close(found, expected)
 
 
 def test_centered_image_statistics_keep_their_accuracy_where_the_mean_dwarfs_the_spread(

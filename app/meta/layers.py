@@ -268,53 +268,21 @@ def _pooled_first(conv: Conv2d, norm: BatchNorm2d, pool: MaxPool2d, x: Tensor) -
     pass over the activations on a GPU, 2.1 of 13.2 ms of 1,024 glyph predictions).
     """
     sign = 1 - 2 * (norm.weight < 0).to(norm.weight.dtype)
-    weight = conv.weight * sign.view(*sign.shape, 1, 1, 1)
-    centered = _centers_images(x)
-    pooled, image_mean, image_var = _pooled_moments(conv, pool, x, weight, centered)
+    y = conv.convolve(x, conv.weight * sign.view(*sign.shape, 1, 1, 1), None)
+    centered = _centers_images(y)
+    image_mean, image_var = (_center_images if centered else _image_moments)(y)
     scale, shift = norm.affine(image_mean, image_var, norm.weight.abs())
-    if centered:  # the pool took each pixel's difference from its image's mean
+    if centered:  # y now holds each pixel's difference from its image's mean
         shift = shift + image_mean * scale
-    return torch.addcmul(shift, pooled, scale).relu_()
+    return torch.addcmul(shift, pool(y), scale).relu_()
 
 
-def _pooled_moments(
-    conv: Conv2d, pool: MaxPool2d, x: Tensor, weight: Tensor, centered: bool
-) -> tuple[Tensor, Tensor, Tensor]:
-    """The max-pooled convolution of task batch ``x`` with ``weight`` (no bias), and each image's per-channel
-    mean and variance before the pool; ``centered``, the pool takes each pixel's difference from its
-    image's mean (``_center_images``). Where centering, the tasks go a few at a time, each slice's
-    convolution pooled while it is in cache (``CACHED_VALUES``)."""
-    tasks = x.shape[0]
-    per_task = x[:1].numel() // conv.in_channels * conv.out_channels  # the convolution keeps the image size
-    step = max(1, CACHED_VALUES // per_task) if centered else tasks
-    if step >= tasks:
-        y = conv.convolve(x, weight, None)
-        image_mean, image_var = (_center_images if centered else _image_moments)(y)
-        return pool(y), image_mean, image_var
-    parts = [
-        _pooled_moments(
-            conv, pool, x[t : t + step], weight if weight.dim() == 4 else weight[t : t + step], True
-        )
-        for t in range(0, tasks, step)
-    ]
-    pooled, image_mean, image_var = (torch.cat(found) for found in zip(*parts, strict=True))
-    return pooled, image_mean, image_var
-
-
-CACHED_VALUES = 1 << 20
-"""The most convolution outputs (4 MiB of float32) a CPU's pooled-first block computes at once: a slice of
-a task batch this size is centered and pooled while it is in cache. 64 glyph sets' first layer
-([64, 10, 64, 28, 28]) took 23-29 ms in slices of two sets, against 46-58 ms whole, shared weights or one
-per set; at 14x14 slicing neither gains nor loses. Whole predictions of 64 sets, in turn in one process:
-glyphs 117-125 against 124-130 ms, Conv4-MAML 126-130 against 140-152 (medians of 16 rounds, four runs)."""
-
-
-def _centers_images(x: Tensor) -> bool:
+def _centers_images(y: Tensor) -> bool:
     """Whether pooled-first blocks take the images' statistics by centering them (``_center_images``) rather
     than in ``var_mean``'s one pass: on a CPU, where that pass takes ten times as long as centering's three
     (64 glyph sets' first layer, [64, 10, 64, 28, 28]: 95-99 vs 10 ms), and not on a GPU, where it is the
     one read of the activations that centering makes four."""
-    return x.device.type == "cpu"
+    return y.device.type == "cpu"
 
 
 class Flatten(nn.Module):
