@@ -146,7 +146,7 @@ def measure(
     rates = {k: count / v for k, v in timings.items()}
     # A batch computes what its sessions compute alone, so one session's count times the sessions is the
     # batch's (counted on the batch, the counter takes a task-grouped convolution's backward as ungrouped).
-    work = {
+    batch_flops = {
         "adapt": flops(lambda: adapt_many(learner, params, supports[:1], inner)) * count,
         "predict": flops(lambda: predict_batches(learner, params, changed[:1], queries[:1])) * count,
     }
@@ -156,13 +156,12 @@ def measure(
         "sessions_per_s": rates,
         "adapt_ratio": rates["adapt batched"] / rates["adapt one at a time"],
         "predict_ratio": rates["predict batched"] / rates["predict one at a time"],
-        "flops": work,
+        "flops": batch_flops,
         "peak_gflops": peak,
-        "ratio_ceiling": {k: timings[f"{k} one at a time"] * peak * 1e9 / work[k] for k in work},
+        "ratio_ceiling": {k: timings[f"{k} one at a time"] * peak * 1e9 / n for k, n in batch_flops.items()},
     }
     if device.type == "cpu":
-        works = {"adapt": adapt_alone, "predict": predict_alone}
-        row["kernel_share"] = {k: kernel_share(work) for k, work in works.items()}
+        row["kernel_share"] = {"adapt": kernel_share(adapt_alone), "predict": kernel_share(predict_alone)}
     if compiled:
         row["compiled_adapt_ratio"] = rates["adapt batched, compiled"] / rates["adapt batched"]
         row["compiled_predict_ratio"] = rates["predict batched, compiled"] / rates["predict batched"]

@@ -21,6 +21,7 @@ from app.meta.precision import use_true_float32  # noqa: E402
 from app.meta.stacked import adapt_many, predict_batches  # noqa: E402
 from bench.batched import sessions as batched_sessions  # noqa: E402
 from bench.batched import workloads  # noqa: E402
+from bench.report import sync  # noqa: E402
 
 
 def profile(name: str, sessions: int, device: torch.device, rows: int, call: str) -> str:
@@ -40,12 +41,11 @@ def profile(name: str, sessions: int, device: torch.device, rows: int, call: str
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
-        torch.cuda.synchronize(device)
+    sync(device)
     with torch.profiler.profile(activities=activities) as run:
         started = time.perf_counter()
         batched()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
         wall = time.perf_counter() - started
     events = run.key_averages()
     sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
