@@ -9,7 +9,9 @@ Usage: ``python bench/task_convs.py --help``.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,15 +62,11 @@ def layer(
 
     with torch.no_grad():
         difference = (forms["grouped"]() - forms["unfolded"]()).abs().max().item()
-    timings = seconds(
-        {
-            f"{form} {what}": lambda f=form, w=what: (forward if w == "forward" else both)(f)
-            for form in forms
-            for what in ("forward", "forward + backward")
-        },
-        device,
-        repeats,
-    )
+    works: dict[str, Callable[[], None]] = {}
+    for form in forms:
+        works[f"{form} forward"] = functools.partial(forward, form)
+        works[f"{form} forward + backward"] = functools.partial(both, form)
+    timings = seconds(works, device, repeats)
     flops = 2 * tasks * images * size * size * 64 * channels * 9
     return {
         "channels": channels,
