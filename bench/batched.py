@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -27,7 +26,16 @@ from app.meta.precision import use_true_float32  # noqa: E402
 from app.meta.stacked import adapt_many, predict_batches  # noqa: E402
 from app.meta.tasks.noise_images import noise_image_tasks  # noqa: E402
 from app.meta.tasks.sinusoid import sinusoid_tasks  # noqa: E402
-from bench.report import cpu_name, device_parser, machine, peak_gflops, run_on_device, sync, table  # noqa: E402
+from bench.report import (  # noqa: E402
+    cpu_name,
+    device_parser,
+    flops,
+    machine,
+    peak_gflops,
+    run_on_device,
+    sync,
+    table,
+)
 
 TARGETS = {"cpu": {"sinusoid": 10.0, "glyphs": 2.0, "conv4-maml": 2.0}, "cuda": {"*": 100.0}}
 """Batched over one-at-a-time sessions/s: issue 6's targets at 64 sessions on a CPU, 1,024 on a GPU."""
@@ -89,14 +97,6 @@ def seconds(works: dict[str, Callable[[], object]], device: torch.device, repeat
             sync(device)
             times[name].append(time.perf_counter() - started)
     return {k: statistics.median(v[1:]) for k, v in times.items()}
-
-
-def flops(work: Callable[[], object]) -> int:
-    """The floating-point operations of one run of ``work``, as ``torch.utils.flop_counter`` counts them
-    (matmuls and convolutions, forward and backward)."""
-    with FlopCounterMode(display=False) as counter:
-        work()
-    return int(counter.get_total_flops())
 
 
 def measure(

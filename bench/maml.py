@@ -20,14 +20,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.meta import MAML, InnerLoop, Learner, TaskBatch, adapt, build_net  # noqa: E402
 from app.meta.precision import use_true_float32  # noqa: E402
-from bench.report import commit, peak_gflops, sync, table, write  # noqa: E402
+from bench.report import commit, flops, peak_gflops, sync, table, write  # noqa: E402
 
 
 def load_anchors(path: Path) -> ModuleType:
@@ -130,9 +129,7 @@ def meta_iteration_flops(
     model = anchors.copy.deepcopy(base)
     _, _, loss_fn, lr = anchors.WORKLOADS[workload]
     impl = anchors.IMPLS[name](model, loss_fn, lr, 1, mode)
-    with FlopCounterMode(display=False) as counter:
-        impl.meta_loss(*batch).backward()
-    return int(counter.get_total_flops())
+    return flops(lambda: impl.meta_loss(*batch).backward())
 
 
 def run(args: argparse.Namespace, anchors: ModuleType) -> dict[str, Any]:
@@ -180,9 +177,9 @@ def run(args: argparse.Namespace, anchors: ModuleType) -> dict[str, Any]:
             }
             report["results"][key] = {"meta_batch": meta_batch, "warmup": warmup, "impls": impls}
             if workload == "B" and "metaserve" in impls:
-                flops = meta_iteration_flops(anchors, "metaserve", base, workload, mode, batches[0])
-                report["results"][key]["flops_per_iteration"] = flops
-                report["results"][key]["gflops"] = {n: flops * r["it_per_s"] / 1e9 for n, r in impls.items()}
+                count = meta_iteration_flops(anchors, "metaserve", base, workload, mode, batches[0])
+                report["results"][key]["flops_per_iteration"] = count
+                report["results"][key]["gflops"] = {n: count * r["it_per_s"] / 1e9 for n, r in impls.items()}
             print(f"done {key}", file=sys.stderr)
     if "C" in workloads:
         torch.manual_seed(args.seed)

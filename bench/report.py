@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,6 +99,14 @@ def peak_gflops(device: torch.device, size: int = 2048) -> float:
         sync(device)
         best = min(best, time.perf_counter() - start)
     return 2 * size**3 / best / 1e9
+
+
+def flops(work: Callable[[], object]) -> int:
+    """The floating-point operations of one run of ``work``, as ``torch.utils.flop_counter`` counts them
+    (matmuls and convolutions, forward and backward)."""
+    with FlopCounterMode(display=False) as counter:
+        work()
+    return int(counter.get_total_flops())
 
 
 def cpu_name() -> str:
